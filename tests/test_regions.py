@@ -1,0 +1,109 @@
+"""Keep masks: class boxes, label shapes, the latent grid rule and box flips, on hand-built label maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.regions import boxes_to_mask, class_boxes, flip_boxes, keep_mask, shape_mask, to_latent_grid
+
+
+def two_class_label() -> torch.Tensor:
+    """8x8 label: class 1 in two components (rows 1-2, cols 1-2 and row 5, col 1), class 3 at rows 4-5, cols 5-6."""
+    label = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    label[0, 0, 1:3, 1:3] = 1
+    label[0, 0, 5, 1] = 1
+    label[0, 0, 4:6, 5:7] = 3
+    return label
+
+
+def test_one_box_per_class_spans_all_its_components():
+    assert class_boxes(two_class_label()) == [[(1, 6, 1, 3), (4, 6, 5, 7)]]
+
+
+def test_box_mask_is_the_union_of_class_boxes():
+    expected = torch.zeros(1, 1, 8, 8)
+    expected[0, 0, 1:6, 1:3] = 1  # class 1: rows 1..5, cols 1..2 (covers the gap between its components)
+    expected[0, 0, 4:6, 5:7] = 1  # class 3
+    assert torch.equal(keep_mask(two_class_label(), mode="box"), expected)
+
+
+def test_box_margin_grows_boxes_and_clips_at_the_border():
+    assert class_boxes(two_class_label(), margin=2) == [[(0, 8, 0, 5), (2, 8, 3, 8)]]
+
+
+def test_unlabelled_image_keeps_nothing_and_batches_are_independent():
+    labels = torch.cat([torch.zeros(1, 1, 8, 8, dtype=torch.long), two_class_label()])
+    boxes = class_boxes(labels)
+    assert boxes[0] == [] and len(boxes[1]) == 2
+    mask = boxes_to_mask(boxes, (8, 8))
+    assert mask[0].sum() == 0 and mask[1].sum() == 5 * 2 + 2 * 2
+
+
+def test_shape_mask_is_the_labelled_pixels_and_dilates_by_a_square():
+    label = two_class_label()
+    assert torch.equal(shape_mask(label), (label > 0).float())
+    single = torch.zeros(1, 1, 5, 5, dtype=torch.long)
+    single[0, 0, 2, 2] = 2
+    dilated = keep_mask(single, mode="shape", margin=1)
+    expected = torch.zeros(1, 1, 5, 5)
+    expected[0, 0, 1:4, 1:4] = 1
+    assert torch.equal(dilated, expected)
+
+
+def test_latent_grid_any_keeps_a_cell_touched_by_the_box_all_needs_it_covered():
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[0, 0, 0:4, 0:5] = 1  # covers latent cell (0, 0) fully and touches cell (0, 1) on one column
+    assert torch.equal(to_latent_grid(mask, (2, 2)), torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]]))
+    assert torch.equal(to_latent_grid(mask, (2, 2), rule="all"), torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]]))
+
+
+def test_latent_grid_of_a_box_mask_contains_the_whole_pixel_mask():
+    mask = keep_mask(two_class_label())
+    latent = to_latent_grid(mask, (2, 2))
+    upsampled = latent.repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1)
+    assert torch.all(upsampled >= mask)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="mode"):
+        keep_mask(two_class_label(), mode="circle")
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        class_boxes(torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="rule"):
+        to_latent_grid(torch.zeros(1, 1, 8, 8), (2, 2), rule="most")
+
+
+def test_flip_boxes_flips_box_content_and_keeps_image_and_label_aligned():
+    label = two_class_label()
+    image = torch.rand(1, 1, 8, 8) * 0.1 + label.float()  # image encodes the label: round(image) == label
+    original_image = image.clone()
+    boxes = class_boxes(label)
+    box_region = boxes_to_mask(boxes, (8, 8))
+    outcomes = set()
+    for seed in range(16):
+        flipped_image, flipped_label = flip_boxes(image, label, boxes, torch.Generator().manual_seed(seed))
+        assert torch.equal(flipped_image.floor().long(), flipped_label)  # aligned pixel by pixel
+        assert torch.all((flipped_label > 0).float() <= box_region)  # labelled pixels stay inside the boxes
+        assert torch.equal(torch.bincount(flipped_label.flatten()), torch.bincount(label.flatten()))
+        assert torch.equal(flipped_image[box_region == 0], image[box_region == 0])  # nothing outside moves
+        outcomes.add(tuple(flipped_label.flatten().tolist()))
+    assert len(outcomes) > 2  # different seeds give different flips
+    assert torch.equal(image, original_image) and torch.equal(label, two_class_label())  # inputs untouched
+
+
+def test_flip_boxes_is_seeded_and_matches_a_hand_flip():
+    label = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    label[0, 0, 0, 0] = 1
+    label[0, 0, 1, 1] = 1
+    image = torch.arange(16.0).reshape(1, 1, 4, 4)
+    boxes = [[(0, 2, 0, 2)]]
+    first = flip_boxes(image, label, boxes, torch.Generator().manual_seed(3))
+    again = flip_boxes(image, label, boxes, torch.Generator().manual_seed(3))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    draws = (torch.rand(1, 2, generator=torch.Generator().manual_seed(3)) < 0.5).tolist()[0]
+    dims = [d for d, flip in zip((-2, -1), draws) if flip]
+    expected = image.clone()
+    if dims:
+        expected[..., 0:2, 0:2] = torch.flip(image[..., 0:2, 0:2], dims)
+    assert torch.equal(first[0], expected)
