@@ -127,8 +127,8 @@ def score_segmenter(
         labels = torch.stack([torch.as_tensor(i["label"]) for i in items]).to(device)
         pred = network(images).argmax(dim=1, keepdim=True)
         scores = per_class_scores(pred, labels, num_classes)
-        dice.append(np.asarray(scores["dice"]))
-        iou.append(np.asarray(scores["iou"]))
+        dice.append(scores["dice"].cpu().numpy())
+        iou.append(scores["iou"].cpu().numpy())
     return {"dice": np.concatenate(dice), "iou": np.concatenate(iou)}
 
 

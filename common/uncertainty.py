@@ -14,7 +14,8 @@ deterministic network is ``probabilities.unsqueeze(0)`` (``M = 1``: zero varianc
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -158,18 +159,15 @@ def normalised_mean_entropy(member_probs: torch.Tensor) -> torch.Tensor:
 def ensemble_predict(networks: Sequence[nn.Module], images: torch.Tensor) -> torch.Tensor:
     """Softmax probabilities of every member of a deep ensemble, ``(M, B, C, *spatial)``.
 
-    Each network runs in eval mode; its previous train/eval mode is restored afterwards.
+    Each network runs in eval mode; the previous train/eval modes of its modules are restored afterwards.
     """
     if len(networks) == 0:
         raise ValueError("ensemble_predict needs at least one network")
     members = []
     for network in networks:
-        was_training = network.training
-        network.eval()
-        try:
+        with _modes_restored(network):
+            network.eval()
             members.append(torch.softmax(network(images), dim=1))
-        finally:
-            network.train(was_training)
     return torch.stack(members)
 
 
@@ -186,16 +184,23 @@ def mc_dropout_predict(network: nn.Module, images: torch.Tensor, num_passes: int
     dropouts = [m for m in network.modules() if isinstance(m, _DROPOUT_TYPES) and m.p > 0]
     if not dropouts:
         raise ValueError(f"{type(network).__name__} has no dropout layer with p > 0; MC-dropout needs dropout > 0")
-    modes = {m: m.training for m in network.modules()}
-    network.eval()
-    for module in dropouts:
-        module.train()
-    try:
+    with _modes_restored(network):
+        network.eval()
+        for module in dropouts:
+            module.train()
         passes = [torch.softmax(network(images), dim=1) for _ in range(num_passes)]
+    return torch.stack(passes)
+
+
+@contextmanager
+def _modes_restored(network: nn.Module) -> Iterator[None]:
+    """Give back every module's own train/eval mode on exit (a network may mix modes, e.g. frozen norm layers)."""
+    modes = {module: module.training for module in network.modules()}
+    try:
+        yield
     finally:
         for module, mode in modes.items():
             module.training = mode
-    return torch.stack(passes)
 
 
 def _divide_or_nan(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import fire
 import numpy as np
-from common.metrics import markdown_table, paired_difference, summarise_seeds
 
 from common.controls import BACKGROUNDS, make_control_set
 from common.data import load_splits, read_class_names, resolve_dataset
@@ -31,6 +30,7 @@ from common.evaluation import (
     synthetic_feature_distances,
     train_segmenter,
 )
+from common.metrics import SeedSummary, markdown_table, paired_difference, summarise_seeds
 
 logger = logging.getLogger("scripts.evaluate")
 
@@ -159,50 +159,51 @@ def summarise(
     for name, runs in per_seed.items():
         foreground = [float(np.nanmean(s["dice"][1:])) for s in runs]
         arm = {
-            "mean_foreground_dice": summarise_seeds(foreground),
-            "mean_foreground_iou": summarise_seeds([float(np.nanmean(s["iou"][1:])) for s in runs]),
+            "mean_foreground_dice": summarise_seeds(foreground)._asdict(),
+            "mean_foreground_iou": summarise_seeds([float(np.nanmean(s["iou"][1:])) for s in runs])._asdict(),
             "dice_per_class": {
-                c: summarise_seeds([float(s["dice"][i]) for s in runs]) for i, c in enumerate(class_names) if i > 0
+                c: summarise_seeds([s["dice"][i] for s in runs])._asdict() for i, c in _foreground(class_names)
             },
             "iou_per_class": {
-                c: summarise_seeds([float(s["iou"][i]) for s in runs]) for i, c in enumerate(class_names) if i > 0
+                c: summarise_seeds([s["iou"][i] for s in runs])._asdict() for i, c in _foreground(class_names)
             },
             "per_seed_mean_foreground_dice": foreground,
         }
         if name != "real":
-            arm["difference_to_real"] = paired_difference(foreground, reference)
+            arm["difference_to_real"] = paired_difference(foreground, reference)._asdict()
         arms[name] = arm
     return {"labelled": labelled, "iterations": iterations, "seeds": seeds, "arms": arms}
 
 
+def _foreground(class_names: list[str]) -> list[tuple[int, str]]:
+    return list(enumerate(class_names))[1:]
+
+
 def to_markdown(results: dict, class_names: list[str]) -> str:
     """One row per arm: per-class Dice, mean foreground Dice and IoU, and the paired difference to real-only."""
-    columns = ["arm", *[f"Dice {c}" for c in class_names[1:]], "mean Dice", "mean IoU", "diff to real [95% CI]"]
+    foreground = [name for _, name in _foreground(class_names)]
+    columns = ["arm", *[f"Dice {c}" for c in foreground], "mean Dice", "mean IoU", "diff to real [95% CI]"]
     rows = []
     for name, arm in results["arms"].items():
+        row = {
+            "arm": name,
+            **{f"Dice {c}": SeedSummary(**arm["dice_per_class"][c]) for c in foreground},
+            "mean Dice": SeedSummary(**arm["mean_foreground_dice"]),
+            "mean IoU": SeedSummary(**arm["mean_foreground_iou"]),
+        }
         diff = arm.get("difference_to_real")
-        gain = "" if diff is None else f"{diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"
-        rows.append(
-            [
-                name,
-                *[_mean_std(arm["dice_per_class"][c]) for c in class_names[1:]],
-                _mean_std(arm["mean_foreground_dice"]),
-                _mean_std(arm["mean_foreground_iou"]),
-                gain,
-            ]
-        )
+        if diff is not None:
+            gain = " (gain)" if diff["low"] > 0 else " (loss)" if diff["high"] < 0 else ""
+            row["diff to real [95% CI]"] = f"{diff['mean']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]{gain}"
+        rows.append(row)
     title = (
         f"Test-split scores, {results['labelled'] or 'all'} labelled, {results['iterations']} iterations, "
-        f"{results['seeds']} seeds (mean +- std)\n\n"
+        f"{results['seeds']} seeds (mean ± std over seeds)\n\n"
     )
     table = title + markdown_table(rows, columns)
     for name, quality in results.get("image_quality", {}).items():
         table += f"\n{name}: FID {quality['fid']:.3f}, KID {quality['kid']:.4f} (segmenter-encoder features)\n"
     return table
-
-
-def _mean_std(summary: dict) -> str:
-    return f"{summary['mean']:.3f} +- {summary['std']:.3f}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,25 @@
+"""Data layer of monai-genaug: embedded phantoms, paired image/mask data sets, splits, validation and transforms.
+
+Images are 1-channel float32 in [0, 1] and row-major as PIL shows them; labels are 1-channel class-index maps.
+"""
+
+from __future__ import annotations
+
+from common.data.pairs import find_pairs, load_splits, read_class_names, read_datalist, resolve_dataset
+from common.data.phantom import PHANTOM_CLASSES, phantom_dataset, render_phantom
+from common.data.transforms import pair_transforms
+from common.data.validation import DataValidationError, validate_pairs
+
+__all__ = [
+    "PHANTOM_CLASSES",
+    "DataValidationError",
+    "find_pairs",
+    "load_splits",
+    "pair_transforms",
+    "phantom_dataset",
+    "read_class_names",
+    "read_datalist",
+    "render_phantom",
+    "resolve_dataset",
+    "validate_pairs",
+]

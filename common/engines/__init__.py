@@ -1,0 +1,26 @@
+"""Ignite engine parts for the generative stages where MONAI's trainers need a small adaptation.
+
+- :class:`VQAdversarialTrainer`: MONAI's ``AdversarialTrainer`` for a VQ autoencoder (its forward returns the
+  reconstruction and the quantisation loss) with a weighted, warmed-up adversarial term.
+- :func:`generator_adversarial_loss`, :func:`discriminator_adversarial_loss`: ``PatchAdversarialLoss`` in the
+  call signatures ``AdversarialTrainer`` expects.
+- :class:`ReconstructionLoss`: L1 plus an optional perceptual term that never downloads weights.
+- :func:`reconstruction_batch`, :class:`ReconstructionInferer`: run an autoencoder as an image-to-image model in
+  MONAI engines (the image is the target; the prediction is the reconstruction).
+"""
+
+from __future__ import annotations
+
+from common.engines.adversarial_losses import discriminator_adversarial_loss, generator_adversarial_loss
+from common.engines.reconstruction import ReconstructionInferer, ReconstructionLoss, reconstruction_batch
+from common.engines.vq_adversarial_trainer import VQAdversarialTrainer, vq_adversarial_loss_terms
+
+__all__ = [
+    "ReconstructionInferer",
+    "ReconstructionLoss",
+    "VQAdversarialTrainer",
+    "discriminator_adversarial_loss",
+    "generator_adversarial_loss",
+    "reconstruction_batch",
+    "vq_adversarial_loss_terms",
+]

@@ -1,0 +1,131 @@
+"""Helpers of the downstream segmentation bundle (``bundles/segmentation``) for what its JSON cannot express.
+
+The bundle trains the segmenter every augmentation method is judged by; these functions name its per-class metrics,
+list the images to segment at inference, and write predicted class-index maps as PNG files at the input's size.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Resize
+from monai.utils import ImageMetaKey, MetaKeys
+from PIL import Image
+
+from common.data import load_splits, read_datalist
+from common.data.readers import image_file_stem, is_image_file
+
+__all__ = ["SaveMaskd", "class_metric_names", "image_entries", "inference_datalist"]
+
+
+def class_metric_names(prefix: str, class_names: Sequence[str]) -> list[str]:
+    """Metric keys such as ``val_dice_blood_vessel`` for ``class_names``: the name up to any parenthesis, with
+    runs of other characters than letters and digits turned into ``_`` (TensorBoard tags stay readable)."""
+    names = []
+    for index, name in enumerate(class_names):
+        slug = re.sub(r"[^0-9A-Za-z]+", "_", str(name).split("(")[0]).strip("_").lower()
+        names.append(prefix + (slug or f"class_{index}"))
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names {list(class_names)} give duplicate metric names {names}")
+    return names
+
+
+def inference_datalist(input_dir: str | None, dataset_dir: str | None = None) -> list[dict]:
+    """The images to segment: every image file in ``input_dir`` (sorted, masks not needed), or, without
+    ``input_dir``, the test split of ``dataset_dir`` (``None`` = the embedded phantoms)."""
+    if input_dir is None:
+        return load_splits(dataset_dir)["test"]
+    if not os.path.isdir(input_dir):
+        raise FileNotFoundError(f"input_dir {input_dir} is not a folder")
+    files = sorted(f for f in os.listdir(input_dir) if is_image_file(f))
+    if not files:
+        raise FileNotFoundError(f"input_dir {input_dir} holds no image file (png, jpg, bmp, tif, nii, nii.gz)")
+    return [{"image": os.path.abspath(os.path.join(input_dir, f))} for f in files]
+
+
+def image_entries(datalist: str | Sequence[str | Mapping], datalist_key: str = "training") -> list[dict]:
+    """``[{"image": path}, ...]`` from a list of paths or of dicts with an ``image`` key (labels are dropped, so
+    images without masks work), or from a Decathlon datalist JSON file (its ``datalist_key`` list: "training",
+    "validation" or "test"; relative paths are resolved against the file's folder)."""
+    if isinstance(datalist, str):
+        if not os.path.isfile(datalist):
+            raise FileNotFoundError(f"datalist {datalist} does not exist")
+        lists = read_datalist(datalist)
+        if datalist_key not in lists:
+            raise ValueError(f"datalist_key must be one of {sorted(lists)}, got {datalist_key!r}")
+        return image_entries(lists[datalist_key])
+    entries = []
+    for entry in datalist:
+        image = entry if isinstance(entry, str) else entry.get("image") if isinstance(entry, Mapping) else None
+        if not isinstance(image, str):
+            raise ValueError(f"datalist entry {entry!r} is neither an image path nor a dict with an 'image' path")
+        entries.append({"image": image})
+    return entries
+
+
+class SaveMaskd(MapTransform):
+    """Write a predicted class-index map (1, H, W) as an 8-bit PNG ``<output_dir>/<image stem>.png`` whose pixel
+    value is the class index.
+
+    With ``original_size=True`` the map is resized back (nearest neighbour) to the size of the file it was predicted
+    from, read from the image's ``spatial_shape`` (rows, columns) metadata; otherwise it keeps the model's input size.
+    Files are written under a temporary name and renamed, so a mask is never half-written; two inputs with the same
+    stem in one run are an error rather than a silent overwrite.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str,
+        image_key: str = "image",
+        original_size: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = output_dir
+        self.image_key = image_key
+        self.original_size = original_size
+        self._written: dict[str, str] = {}
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        meta = getattr(d[self.image_key], "meta", {})
+        source = str(meta.get(ImageMetaKey.FILENAME_OR_OBJ, ""))
+        if not source:
+            raise ValueError(f"'{self.image_key}' carries no file name in its metadata; cannot name the mask")
+        for key in self.key_iterator(d):
+            mask = torch.as_tensor(d[key]).detach().cpu()
+            if self.original_size and MetaKeys.SPATIAL_SHAPE in meta:
+                size = [int(s) for s in np.asarray(meta[MetaKeys.SPATIAL_SHAPE]).reshape(-1)[:2]]
+                mask = Resize(spatial_size=size, mode="nearest-exact")(mask.float())
+            self.write(torch.as_tensor(mask), source)
+        return d
+
+    def write(self, mask: torch.Tensor, source: str) -> str:
+        """Write ``mask`` (1, H, W) of class indices for the image file ``source``; returns the PNG path."""
+        if mask.ndim != 3 or mask.shape[0] != 1:
+            raise ValueError(f"{source}: expected a (1, H, W) class-index map, got shape {tuple(mask.shape)}")
+        values = mask[0].round().numpy()
+        if values.min() < 0 or values.max() > 255:
+            raise ValueError(f"{source}: class indices {values.min()}..{values.max()} do not fit an 8-bit PNG")
+        name = image_file_stem(source)
+        if self._written.get(name, source) != source:
+            raise ValueError(f"{source} and {self._written[name]} would both be written to {name}.png")
+        self._written[name] = source
+        os.makedirs(self.output_dir, exist_ok=True)
+        path = os.path.join(self.output_dir, f"{name}.png")
+        handle, tmp = tempfile.mkstemp(suffix=".png", dir=self.output_dir)
+        os.close(handle)
+        try:
+            Image.fromarray(values.astype(np.uint8)).save(tmp, format="PNG")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path

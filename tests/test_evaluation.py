@@ -1,0 +1,85 @@
+"""The evaluation protocol's guards: no leakage, honest controls, a feature space that needs no download."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from monai.networks.nets import UNet
+
+from common.controls import paste_on_background
+from common.evaluation import LeakageError, check_provenance, unet_bottleneck_features
+
+
+def _datalist(tmp_path, entries):
+    path = tmp_path / "synthetic" / "datalist.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"method": "augpaint", "training": entries, "dropped": 0}))
+    return str(path)
+
+
+def _entry(name, source_image, source_label):
+    return {
+        "image": f"images/{name}.png",
+        "label": f"masks/{name}.png",
+        "seed": 0,
+        "source_image": source_image,
+        "source_label": source_label,
+        "condition": None,
+        "score": None,
+        "status": "kept",
+    }
+
+
+def test_provenance_inside_the_labelled_subset_is_accepted(tmp_path):
+    labelled = [{"image": str(tmp_path / "a.png"), "label": str(tmp_path / "a_mask.png")}]
+    test = [{"image": str(tmp_path / "t.png"), "label": str(tmp_path / "t_mask.png")}]
+    path = _datalist(tmp_path, [_entry("s0", labelled[0]["image"], labelled[0]["label"]), _entry("s1", None, None)])
+    check_provenance(path, labelled, test)
+
+
+def test_leakage_names_every_offending_pair(tmp_path):
+    labelled = [{"image": str(tmp_path / "a.png"), "label": str(tmp_path / "a_mask.png")}]
+    test = [{"image": str(tmp_path / "t.png"), "label": str(tmp_path / "t_mask.png")}]
+    unlabelled_mask = str(tmp_path / "b_mask.png")
+    path = _datalist(
+        tmp_path,
+        [
+            _entry("ok", labelled[0]["image"], labelled[0]["label"]),
+            _entry("outside", str(tmp_path / "b.png"), unlabelled_mask),
+            _entry("test", test[0]["image"], labelled[0]["label"]),
+        ],
+    )
+    with pytest.raises(LeakageError) as error:
+        check_provenance(path, labelled, test)
+    message = str(error.value)
+    assert "2 synthetic pair(s)" in message
+    assert "outside.png" in message and unlabelled_mask in message
+    assert "test.png" in message and "test split" in message
+    assert "ok.png" not in message
+
+
+def test_control_keeps_the_region_and_replaces_the_rest():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 16, 16)
+    keep = torch.zeros(1, 16, 16)
+    keep[:, 4:9, 3:12] = 1.0
+    other = torch.rand(1, 16, 16)
+    pasted = paste_on_background(image, keep, "real", other, generator)
+    assert torch.equal(pasted[keep > 0], image[keep > 0])
+    assert torch.equal(pasted[keep == 0], other[keep == 0])
+    noisy = paste_on_background(image, keep, "noise", None, generator)
+    assert torch.equal(noisy[keep > 0], image[keep > 0])
+    assert not torch.allclose(noisy[keep == 0], image[keep == 0])
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    with pytest.raises(ValueError, match="unknown control background"):
+        paste_on_background(image, keep, "cartoon", None, generator)
+
+
+def test_bottleneck_features_are_the_deepest_unet_layer():
+    network = UNet(2, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+    images = torch.rand(5, 1, 32, 32)
+    features = unet_bottleneck_features(network, images)
+    assert features.shape == (5, 16)
+    assert not torch.allclose(features[0], features[1])

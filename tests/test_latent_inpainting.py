@@ -1,0 +1,145 @@
+"""Latent inpainting sampler: the known region is kept exactly, the rest follows DDIM (checked in closed form)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+from common.sampling import LatentInpaintingSampler
+
+
+def ddim() -> DDIMScheduler:
+    return DDIMScheduler(1000, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195, clip_sample=False)
+
+
+def generators(seeds) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+class ExactNoise(torch.nn.Module):
+    """Predicts the exact noise of x_t when the clean signal is the tensor ``target`` (or the concat condition)."""
+
+    def __init__(self, scheduler: DDIMScheduler, target: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.alphas_cumprod = scheduler.alphas_cumprod
+        self.target = target
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        assert timesteps.shape == (x.shape[0],)
+        if self.target is None:  # concat-conditioned: x = cat(x_t, condition) with condition the clean target
+            x, target = x.chunk(2, dim=1)
+        else:
+            target = self.target
+        abar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        return (x - abar.sqrt() * target) / (1 - abar).sqrt()
+
+
+class Wobble(torch.nn.Module):
+    """An arbitrary but deterministic noise prediction."""
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return torch.sin(3 * x) + timesteps.view(-1, 1, 1, 1) / 1000
+
+
+def half_mask(batch: int = 2) -> torch.Tensor:
+    mask = torch.zeros(batch, 1, 4, 4)
+    mask[..., :2, :] = 1
+    return mask
+
+
+def test_everything_known_returns_the_known_latents_exactly():
+    z0 = torch.randn(2, 3, 4, 4)
+    out = LatentInpaintingSampler(ddim(), 10)(Wobble(), z0, torch.ones(2, 1, 4, 4), generators([0, 1]))
+    assert torch.equal(out, z0)
+
+
+def test_nothing_known_ddim_with_the_exact_noise_returns_the_clean_signal():
+    scheduler = ddim()
+    target = torch.full((2, 3, 4, 4), 0.7)
+    target[1] = -1.8  # outside [-1, 1]: scaled latents are not clipped
+    model = ExactNoise(scheduler, target)
+    out = LatentInpaintingSampler(scheduler, 25)(model, torch.zeros_like(target), torch.zeros(2, 1, 4, 4), generators([3, 4]))
+    assert model.calls == 25
+    assert torch.allclose(out, target, atol=1e-5)
+
+
+def test_known_region_is_kept_and_unknown_region_changes_with_the_seed():
+    z0 = torch.randn(2, 3, 4, 4)
+    mask = half_mask()
+    sampler = LatentInpaintingSampler(ddim(), 10)
+    first = sampler(Wobble(), z0, mask, generators([0, 1]))
+    second = sampler(Wobble(), z0, mask, generators([7, 8]))
+    known = mask.expand_as(z0).bool()
+    assert torch.equal(first[known], z0[known]) and torch.equal(second[known], z0[known])
+    assert (first[~known] - second[~known]).abs().min() > 1e-4
+    assert torch.equal(first, sampler(Wobble(), z0, mask, generators([0, 1])))  # same seeds, same samples
+
+
+def test_a_sample_depends_on_its_seed_not_on_its_batch():
+    z0 = torch.randn(3, 3, 4, 4)
+    sampler = LatentInpaintingSampler(ddim(), 5)
+    batch = sampler(Wobble(), z0, half_mask(3), generators([10, 11, 12]))
+    alone = sampler(Wobble(), z0[1:2], half_mask(1), generators([11]))
+    assert torch.allclose(batch[1:2], alone, atol=1e-6)
+
+
+def test_one_merge_step_matches_the_ddim_update_by_hand():
+    scheduler = ddim()
+    sampler = LatentInpaintingSampler(scheduler, 50)
+    scheduler.set_timesteps(50)
+    t = 500
+    x_t, eps_model, z0, noise = (torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(4))
+    mask = half_mask(1)
+    out = sampler.merge_step(eps_model, t, x_t, z0, mask, noise)
+
+    abar = scheduler.alphas_cumprod
+    t_prev = t - 1000 // 50  # DDIM with 50 of 1000 steps moves 20 timesteps
+    x0_hat = (x_t - (1 - abar[t]).sqrt() * eps_model) / abar[t].sqrt()  # DDIM eq. 12, predicted x_0
+    generated = abar[t_prev].sqrt() * x0_hat + (1 - abar[t_prev]).sqrt() * eps_model  # eta = 0
+    known = abar[t_prev].sqrt() * z0 + (1 - abar[t_prev]).sqrt() * noise  # q(z0, t_prev)
+    assert torch.allclose(out, mask * known + (1 - mask) * generated, atol=1e-6)
+
+    last = sampler.merge_step(eps_model, 0, x_t, z0, mask, noise)  # the clean end: the known part is z0 itself
+    assert torch.equal(last[..., :2, :], z0[..., :2, :])
+
+
+def test_concat_condition_is_fed_to_the_network():
+    scheduler = ddim()
+    condition = torch.randn(2, 3, 4, 4)
+    model = ExactNoise(scheduler, target=None)  # denoises towards the condition it receives
+    out = LatentInpaintingSampler(scheduler, 10)(
+        model, torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), generators([0, 1]), condition=condition
+    )
+    assert torch.allclose(out, condition, atol=1e-5)
+
+
+def test_runs_a_monai_diffusion_unet_with_progress_bar():
+    unet = DiffusionModelUNet(
+        spatial_dims=2,
+        in_channels=3,
+        out_channels=3,
+        channels=(8, 8),
+        attention_levels=(False, False),
+        num_res_blocks=1,
+        norm_num_groups=8,
+    ).eval()
+    z0 = torch.randn(2, 3, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., 2:5, 2:5] = 1
+    out = LatentInpaintingSampler(ddim(), 3, progress=True)(unet, z0, mask, generators([0, 1]))
+    assert out.shape == z0.shape and torch.isfinite(out).all()
+    assert torch.equal(out[..., 2:5, 2:5], z0[..., 2:5, 2:5])
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(TypeError, match="DDIMScheduler"):
+        LatentInpaintingSampler(DDPMScheduler(1000))
+    sampler = LatentInpaintingSampler(ddim(), 2)
+    with pytest.raises(ValueError, match="generator"):
+        sampler(Wobble(), torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 4, 4), generators([0]))
+    with pytest.raises(ValueError, match="keep_mask"):
+        sampler(Wobble(), torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 2, 2), generators([0, 1]))
