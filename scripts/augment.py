@@ -19,11 +19,10 @@ from typing import Any
 
 import fire
 
-from common.stages import run_workflow
+from common.stages import profile_files, run_workflow
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 METHODS = ("augpaint",)
-PROFILES = ("quick", "paper")
 
 logger = logging.getLogger("scripts.augment")
 
@@ -42,6 +41,8 @@ def augment(
     out: str | None = None,
     profile: str = "quick",
     retrain: bool = False,
+    train_knobs: dict | None = None,
+    segmenter_knobs: dict | None = None,
     **knobs: Any,
 ) -> str:
     """Train ``method`` on ``data`` and write its synthetic pairs; returns the datalist path.
@@ -54,12 +55,13 @@ def augment(
         out: output folder (models/ and synthetic/ inside); default ``outputs/<method>/<data>_n<N>_s<seed>``.
         profile: "quick" (CPU, minutes) or "paper" (the paper's sizes, for a GPU).
         retrain: train every stage again even when its checkpoint exists.
-        knobs: further config ids for the generation run, e.g. ``--num_samples 3 --keep_fraction 0.5``.
+        train_knobs: config ids for the generative stages and the generation run alike (budgets and network sizes,
+            e.g. ``--train_knobs "{'diffusion_iterations': 500}"``); a stage trained with other knobs is retrained.
+        segmenter_knobs: config ids for the filter segmenter's stage (bundles/segmentation ids).
+        knobs: config ids for the generation run only, e.g. ``--num_samples 3 --keep_fraction 0.5``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose one of {METHODS}")
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile '{profile}'; choose one of {PROFILES}")
     out = out or default_output_dir(method, data, labelled, seed)
     bundle_root = str(BUNDLES_DIR / method)
     shared = {
@@ -73,12 +75,12 @@ def augment(
     run_workflow(os.path.join(bundle_root, "configs", "train.json"), **shared, profile=profile, retrain=retrain)
     trained = time.perf_counter()
     synthetic_dir = os.path.join(out, "synthetic")
-    profile_files = [] if profile == "quick" else [os.path.join(bundle_root, "configs", f"{profile}.json")]
     run_workflow(
-        [os.path.join(bundle_root, "configs", "inference.json"), *profile_files],
+        [os.path.join(bundle_root, "configs", "inference.json"), *profile_files(bundle_root, profile)],
         workflow_type="infer",
         **shared,
         output_dir=synthetic_dir,
+        **train_knobs,
         **knobs,
     )
     datalist_path = os.path.join(synthetic_dir, "datalist.json")

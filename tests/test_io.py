@@ -41,6 +41,11 @@ def generate(writer: SyntheticDatasetWriter, count: int) -> list[str]:
     return written
 
 
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_png(path: str) -> np.ndarray:
     with Image.open(path) as picture:
         return np.asarray(picture)
@@ -56,8 +61,7 @@ def test_datalist_loads_with_monai_and_round_trips_pixels(tmp_path):
     assert path == os.path.join(str(tmp_path), "datalist.json")
     assert not os.path.exists(tmp_path / JOURNAL_NAME)
 
-    with open(path) as f:
-        datalist = json.load(f)
+    datalist = read_json(path)
     assert list(datalist) == ["method", "created", "config", "training", "dropped"]
     assert datalist["method"] == "augpaint" and datalist["dropped"] == 2
     assert datalist["config"] == {"num_samples": 2, "steps": [1, 2]}
@@ -95,7 +99,7 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path):
     resumed = SyntheticDatasetWriter(str(tmp_path), "augpaint", {"num_samples": 1})
     assert resumed.names == ["case0_s0", "case1_s0", "case2_s0"] and all(map(resumed.done, resumed.names))
     assert generate(resumed, 5) == ["case3_s0", "case4_s0"]  # only the missing pairs are generated
-    datalist = json.load(open(resumed.finalize()))
+    datalist = read_json(resumed.finalize())
     assert [entry["image"] for entry in datalist["training"]] == [f"images/case{i}_s0.png" for i in range(5)]
     assert datalist["training"][1]["score"] == 0.5  # changes before the interruption survive
     assert sorted(os.listdir(tmp_path / "images")) == [f"case{i}_s0.png" for i in range(5)]
@@ -173,7 +177,7 @@ def test_filter_updates_scores_statuses_and_drops(tmp_path):
     with pytest.raises(ValueError, match="status"):
         writer.set_status("case0_s0", "maybe")
 
-    datalist = json.load(open(writer.finalize()))
+    datalist = read_json(writer.finalize())
     assert datalist["dropped"] == 3
     assert [(e["image"], e["score"], e["status"]) for e in datalist["training"]] == [
         ("images/case0_s0.png", None, "kept"),
@@ -248,4 +252,5 @@ def test_contact_sheet_shows_image_and_overlay(tmp_path):
     writer = SyntheticDatasetWriter(str(tmp_path / "run"), "augpaint")
     generate(writer, 3)
     sheet_path = writer.write_contact_sheet(num_classes=3, columns=2)
-    np.testing.assert_array_equal(read_png(sheet_path), sheet)  # the writer's pairs read back from disk
+    # the writer's pairs read back from disk give the same sheet (overlay halves may round the other way)
+    np.testing.assert_allclose(read_png(sheet_path), sheet, atol=1)
