@@ -243,10 +243,12 @@ class SyntheticDatasetWriter:
 
     def remove(self, name: str) -> None:
         """Delete the files of ``name`` and count it as dropped."""
-        for path in self._paths(self._entry(name)):
+        paths = self._paths(self._entry(name))
+        # journal first: a crash in between leaves stray files, never a listed pair without files
+        self._record({"op": "remove", "name": name, "dropped": self._dropped + 1})
+        for path in paths:
             if os.path.exists(path):
                 os.remove(path)
-        self._record({"op": "remove", "name": name, "dropped": self._dropped + 1})
 
     def drop(self, count: int = 1) -> None:
         """Count ``count`` pairs that were rejected before being written."""
@@ -353,7 +355,8 @@ class SyntheticDatasetWriter:
             self._entries[_stem(entry["image"])] = dict(entry)
 
     def _check_same_run(self, record: Mapping[str, Any], source: str) -> None:
-        if record.get("method") != self.method or record.get("config") != self.config:
+        same_config = json.dumps(record.get("config"), sort_keys=True) == json.dumps(self.config, sort_keys=True)
+        if record.get("method") != self.method or not same_config:
             raise ValueError(
                 f"{source} belongs to another run (method {record.get('method')!r}, config {record.get('config')}) "
                 f"than this one (method {self.method!r}, config {self.config}); use another output_dir"

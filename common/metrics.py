@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from monai.metrics import DiceMetric, MeanIoU, MultiScaleSSIMMetric
 from monai.networks.utils import one_hot
+from monai.utils import convert_to_tensor
 from torch import nn
 
 __all__ = [
@@ -57,6 +58,7 @@ def per_class_scores(pred: torch.Tensor, label: torch.Tensor, num_classes: int) 
         both prediction and label -> NaN (nothing to score; ignored by the means of :func:`summarise_scores`);
         absent from the label but predicted -> 0 (false positives count); present in the label -> the usual score.
     """
+    pred, label = convert_to_tensor(pred, track_meta=False), convert_to_tensor(label, track_meta=False)
     if pred.ndim < 3 or label.ndim != pred.ndim or label.shape[1] != 1:
         raise ValueError(
             f"pred must be (B, 1 or C, *spatial) and label (B, 1, *spatial); got {tuple(pred.shape)}, "
@@ -272,6 +274,8 @@ def markdown_table(
 def _format_cell(value: Any, precision: int) -> str:
     if value is None:
         return ""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
     if isinstance(value, SeedSummary):
         mean, std = _format_cell(value.mean, precision), _format_cell(value.std, precision)
         return mean if math.isnan(value.std) else f"{mean} ± {std}"
@@ -349,7 +353,9 @@ def ms_ssim(
     (3 at 64 px), renormalised to sum to 1. One scale left is plain SSIM.
     """
     if y_pred.shape != y.shape or y_pred.ndim not in (4, 5):
-        raise ValueError(f"images must be (B, C, H, W[, D]) of the same shape, got {tuple(y_pred.shape)}, {y.shape}")
+        raise ValueError(
+            f"images must be (B, C, H, W[, D]) of the same shape, got {tuple(y_pred.shape)} and {tuple(y.shape)}"
+        )
     if weights is None:
         weights = _fitting_ms_ssim_weights(min(y_pred.shape[2:]), kernel_size)
     metric = MultiScaleSSIMMetric(

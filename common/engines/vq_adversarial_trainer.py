@@ -117,4 +117,4 @@ def vq_adversarial_loss_terms(output: dict[str, Any]) -> dict[str, float]:
         "adversarial": ADVERSARIAL_LOSS,
         "discriminator": AdversarialKeys.DISCRIMINATOR_LOSS,
     }
-    return {name: float(output[key]) for name, key in keys.items()}
+    return {name: float(torch.as_tensor(output[key]).detach()) for name, key in keys.items()}
