@@ -31,7 +31,7 @@ from common.data import pair_transforms
 from common.filtering import confidence_scores, keep_top_fraction
 from common.io import SyntheticDatasetWriter
 from common.latents import masked_image_condition
-from common.regions import class_boxes, flip_boxes, keep_mask, to_latent_grid
+from common.regions import MASK_MODES, class_boxes, flip_boxes, keep_mask, to_latent_grid
 from common.sampling import LatentInpaintingSampler
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
@@ -112,6 +112,13 @@ class LatentInpainter:
         flip_boxes: bool = False,
         conditional: bool = False,
     ) -> None:
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        for knob, value in (("flip_boxes", flip_boxes), ("conditional", conditional)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{knob} must be True or False, got {value!r}")
+        if box_margin < 0:
+            raise ValueError(f"box_margin must be >= 0 pixels, got {box_margin}")
         self.autoencoder = autoencoder.eval()
         self.network = network.eval()
         self.sampler = sampler
@@ -229,10 +236,8 @@ class GenerationRun:
 
     def generate(self, writer: SyntheticDatasetWriter) -> None:
         """Write every planned pair that is not on disk yet, batch by batch."""
-        if writer.dropped:  # the filter runs only after every pair is written: this run has finished generating
-            pending = []
-        else:
-            pending = [job for job in self.jobs if not writer.done(job.name)]
+        # the filter runs only once every pair is written: a run that dropped pairs has finished generating
+        pending = [] if writer.dropped else [job for job in self.jobs if not writer.done(job.name)]
         done = len(self.jobs) - len(pending)
         logger.info(
             f"{self.method}: {len(self.jobs)} pairs from {len(self.pairs)} labelled pairs, {done} already written, "

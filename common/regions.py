@@ -87,7 +87,8 @@ def shape_mask(labels: torch.Tensor, dilation: int = 0) -> torch.Tensor:
 
 
 def keep_mask(labels: torch.Tensor, mode: str = "box", margin: int = 0) -> torch.Tensor:
-    """Keep mask of a label batch: ``mode`` "box" (class boxes grown by ``margin``) or "shape" (labels dilated by it)."""
+    """Keep mask (B, 1, H, W) of a label batch: ``mode`` "box" (class boxes grown by ``margin`` pixels) or "shape"
+    (the labelled pixels dilated by ``margin`` pixels)."""
     if mode == "box":
         return boxes_to_mask(class_boxes(labels, margin), labels.shape[-2:], device=labels.device)
     if mode == "shape":

@@ -62,7 +62,9 @@ def test_nothing_known_ddim_with_the_exact_noise_returns_the_clean_signal():
     target = torch.full((2, 3, 4, 4), 0.7)
     target[1] = -1.8  # outside [-1, 1]: scaled latents are not clipped
     model = ExactNoise(scheduler, target)
-    out = LatentInpaintingSampler(scheduler, 25)(model, torch.zeros_like(target), torch.zeros(2, 1, 4, 4), generators([3, 4]))
+    out = LatentInpaintingSampler(scheduler, 25)(
+        model, torch.zeros_like(target), torch.zeros(2, 1, 4, 4), generators([3, 4])
+    )
     assert model.calls == 25
     assert torch.allclose(out, target, atol=1e-5)
 

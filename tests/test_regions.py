@@ -102,7 +102,7 @@ def test_flip_boxes_is_seeded_and_matches_a_hand_flip():
     again = flip_boxes(image, label, boxes, torch.Generator().manual_seed(3))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     draws = (torch.rand(1, 2, generator=torch.Generator().manual_seed(3)) < 0.5).tolist()[0]
-    dims = [d for d, flip in zip((-2, -1), draws) if flip]
+    dims = [d for d, flip in zip((-2, -1), draws, strict=True) if flip]
     expected = image.clone()
     if dims:
         expected[..., 0:2, 0:2] = torch.flip(image[..., 0:2, 0:2], dims)
