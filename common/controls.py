@@ -14,10 +14,11 @@ import os
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from common.data import pair_transforms
 from common.io import SyntheticDatasetWriter
-from common.regions import keep_mask
+from common.regions import keep_mask, to_latent_grid
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def make_control_set(
     """Write the control of a synthetic set to ``output_dir`` and return its datalist path.
 
     One control pair per synthetic pair that names its source; the kept region is rebuilt from the source mask with
-    the generation run's own ``mask_mode`` and ``box_margin`` (recorded in the synthetic datalist's ``config``).
+    the generation run's own ``mask_mode`` and ``box_margin`` (recorded in the synthetic datalist's ``config``) and,
+    for a latent method (``latent_factor`` recorded), grown to the latent cells it touches, which is the region the
+    latent sampler keeps.
     ``real_pairs`` are the labelled pairs whose images serve as ``"real"`` backgrounds (never the source itself).
     """
     with open(synthetic_datalist) as f:
@@ -66,7 +69,7 @@ def make_control_set(
     config = synthetic.get("config", {})
     if config.get("flip_boxes"):
         logger.warning("the synthetic set flipped its kept boxes; the control keeps them unflipped")
-    mode, margin = config.get("mask_mode", "box"), config.get("box_margin", 0)
+    mode, margin, factor = config.get("mask_mode", "box"), config.get("box_margin", 0), config.get("latent_factor")
     root = os.path.dirname(os.path.abspath(synthetic_datalist))
     load_pair = pair_transforms(image_size, augment=False)
     load_image = pair_transforms(image_size, keys=("image",), augment=False)
@@ -83,7 +86,11 @@ def make_control_set(
             continue
         source = {k: _resolve(entry[f"source_{k}"], root) for k in ("image", "label")}
         pair = load_pair({"image": source["image"], "label": source["label"]})
-        keep = keep_mask(pair["label"][None], mode=mode, margin=margin)[0]
+        keep = keep_mask(pair["label"][None], mode=mode, margin=margin)
+        if factor:
+            size = keep.shape[-2:]
+            keep = F.interpolate(to_latent_grid(keep, [s // factor for s in size]), size=size, mode="nearest")
+        keep = keep[0]
         other = None
         if background == "real":
             candidates = [p for p in real_images if p != source["image"]] or real_images

@@ -184,6 +184,7 @@ def save_latent_scale(path: str, scale_factor: float) -> str:
     handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
     with os.fdopen(handle, "w") as stream:
         json.dump({"scale_factor": float(scale_factor)}, stream)
+    os.chmod(temporary, 0o644)  # mkstemp creates 0600; the scale file is as readable as the checkpoints
     os.replace(temporary, path)
     logger.info(f"latent scale factor {scale_factor:.6g} written to {path}")
     return path

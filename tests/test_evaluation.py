@@ -8,8 +8,11 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
-from common.controls import paste_on_background
-from common.evaluation import LeakageError, check_provenance, unet_bottleneck_features
+from common.controls import make_control_set, paste_on_background
+from common.data import load_splits, pair_transforms, phantom_dataset
+from common.evaluation import LeakageError, check_provenance, load_synthetic_pairs, unet_bottleneck_features
+from common.io import SyntheticDatasetWriter
+from common.regions import keep_mask
 
 
 def _datalist(tmp_path, entries):
@@ -83,3 +86,34 @@ def test_bottleneck_features_are_the_deepest_unet_layer():
     features = unet_bottleneck_features(network, images)
     assert features.shape == (5, 16)
     assert not torch.allclose(features[0], features[1])
+
+
+def test_control_set_keeps_source_regions_and_masks(tmp_path):
+    dataset = phantom_dataset(root=str(tmp_path / "data"), num_images=12)
+    pairs = load_splits(dataset, seed=0, num_labelled=4)["train"]
+    load = pair_transforms(64, augment=False)
+    writer = SyntheticDatasetWriter(str(tmp_path / "synthetic"), "augpaint", {"mask_mode": "box", "latent_factor": 4})
+    for index, pair in enumerate(pairs):
+        item = load(dict(pair))
+        writer.write_pair(
+            torch.rand(1, 64, 64),
+            item["label"],
+            seed=index,
+            source_image=pair["image"],
+            source_label=pair["label"],
+            name=f"s{index}",
+        )
+    writer.write_pair(torch.rand(1, 64, 64), torch.zeros(1, 64, 64), seed=9, name="from_noise")
+    synthetic = writer.finalize()
+
+    control = make_control_set(synthetic, str(tmp_path / "control"), "real", pairs, seed=0)
+    entries = load_synthetic_pairs(control)
+    assert len(entries) == len(pairs)  # one control per synthetic pair with a source; none for "from_noise"
+    for entry in entries:
+        source = load({"image": entry["source_image"], "label": entry["source_label"]})
+        made = load({"image": entry["image"], "label": entry["label"]})
+        assert torch.equal(made["label"], source["label"])
+        keep = keep_mask(source["label"][None], mode="box")[0] > 0
+        assert keep.any()
+        assert torch.allclose(made["image"][keep], source["image"][keep], atol=1 / 255)
+        assert not torch.allclose(made["image"][~keep], source["image"][~keep], atol=1 / 255)
