@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.networks.layers import SkipConnection
+from monai.transforms import Compose
 
+from common import augmentation
 from common.data import pair_transforms
 from common.metrics import frechet_distance, kernel_inception_distance, per_class_scores
 from common.stages import run_workflow
@@ -82,9 +84,8 @@ def train_segmenter(
 ) -> torch.nn.Module:
     """Train ``bundles/segmentation`` on ``train_data`` for a fixed budget (no validation) and return the network."""
     if classic_augmentation:
-        overrides["train#preprocessing"] = (
-            "$monai.transforms.Compose([common.data.pair_transforms(@image_size, augment=True), "
-            "common.augmentation.classic_augmentation()])"
+        overrides["train#preprocessing"] = Compose(
+            [pair_transforms(image_size, augment=True), augmentation.classic_augmentation()]
         )
     workflow = run_workflow(
         SEGMENTATION_CONFIG,

@@ -208,4 +208,4 @@ def to_markdown(results: dict, class_names: list[str]) -> str:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    fire.Fire(evaluate)
+    fire.Fire(evaluate, serialize=lambda results: None)

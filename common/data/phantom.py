@@ -43,8 +43,8 @@ TEST_FRACTION = 1 / 6
 DOMAINS = ("source", "shifted")
 PRESENCE = {1: 0.85, 2: 0.7, 3: 0.5}  # probability that a (non-rare) class appears in an image
 # mean intensity and texture amplitude per class, index = class
-MEANS = (0.30, 0.56, 0.10, 0.80, 0.97)
-TEXTURE = (0.10, 0.06, 0.03, 0.06, 0.02)
+MEANS = (0.36, 0.58, 0.08, 0.82, 0.97)
+TEXTURE = (0.06, 0.05, 0.02, 0.05, 0.02)
 PALETTE = [0, 0, 0, 230, 159, 0, 86, 180, 233, 0, 158, 115, 213, 94, 0]  # Okabe-Ito colours, viewers show classes
 
 
@@ -152,8 +152,9 @@ def render_phantom(
     if domain == "source":
         image = gaussian_blur(image, 0.6) + 0.03 * look.standard_normal(shape)
     else:
-        image = np.clip(0.25 + 0.55 * gaussian_blur(image, 1.2), 0, 1) ** 1.6
-        image = image * look.gamma(8.0, 1 / 8.0, size=shape) + 0.02 * look.standard_normal(shape)
+        speckle = 1.0 + 0.3 * gaussian_blur(look.standard_normal(shape), 0.7) / 0.4  # correlated, mean 1
+        image = np.clip(0.2 + 0.7 * gaussian_blur(image, 1.2), 0, 1) ** 1.6
+        image = image * speckle + 0.02 * look.standard_normal(shape)
     return np.clip(image, 0.0, 1.0).astype(np.float32), label
 
 
