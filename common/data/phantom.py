@@ -3,14 +3,14 @@
 A scene is a textured background with blob-shaped structures of four classes that differ in size, frequency and
 brightness; structures drawn later overwrite earlier ones in both the image and the mask:
 
-====  ==========  ====================================  ==================  ==========================
-idx   name        shape                                 how often           intensity (source domain)
-====  ==========  ====================================  ==================  ==========================
-1     organ       large lobed blob (radius ~ 0.25 S)    ~ 85 % of images    mid grey, coarse texture
-2     vessel      1-3 small round blobs                 ~ 70 %              dark (anechoic)
-3     nerve       thin elongated ellipse                ~ 50 %              bright, fine texture
-4     lesion      small round blob, inside the organ    exactly ~ 10 % (rare)  very bright
-====  ==========  ====================================  ==================  ==========================
+=====  ==========  ====================================  ==========================  =========================
+index  name        shape (S = image size)                in how many images          intensity (source domain)
+=====  ==========  ====================================  ==========================  =========================
+1      organ       large lobed blob (radius ~ 0.25 S)    ~ 85 %                      mid grey, coarse texture
+2      vessel      1-3 small round blobs                 ~ 70 %                      dark (anechoic)
+3      nerve       thin elongated ellipse                ~ 50 %                      bright
+4      lesion      small blob, inside the organ          10 % exactly (rare)         brightest
+=====  ==========  ====================================  ==========================  =========================
 
 The geometry of image ``i`` depends only on ``(seed, i)``, its look on ``(seed, i, domain)``: ``domain="shifted"``
 gives the same masks with another appearance (lower contrast, gamma, blur, multiplicative speckle), i.e. a paired
@@ -144,16 +144,16 @@ def render_phantom(
     look = np.random.default_rng([seed, index, 1 + DOMAINS.index(domain)])
     size = float(min(shape))
     image = MEANS[0] + TEXTURE[0] * smooth_field(look, shape, size / 10) + 0.04 * smooth_field(look, shape, size / 40)
-    for index_, _ in enumerate(PHANTOM_CLASSES[1:], start=1):
-        inside = label == index_
+    for label_index in range(1, len(PHANTOM_CLASSES)):
+        inside = label == label_index
         if inside.any():
-            sigma = size / (12 if index_ == 1 else 40)
-            image[inside] = MEANS[index_] + TEXTURE[index_] * smooth_field(look, shape, sigma)[inside]
+            sigma = size / (12 if label_index == 1 else 40)  # the organ has a coarse texture, the rest a fine one
+            image[inside] = MEANS[label_index] + TEXTURE[label_index] * smooth_field(look, shape, sigma)[inside]
     if domain == "source":
         image = gaussian_blur(image, 0.6) + 0.03 * look.standard_normal(shape)
     else:
-        speckle = 1.0 + 0.3 * gaussian_blur(look.standard_normal(shape), 0.7) / 0.4  # correlated, mean 1
-        image = np.clip(0.2 + 0.7 * gaussian_blur(image, 1.2), 0, 1) ** 1.6
+        speckle = 1.0 + 0.5 * gaussian_blur(look.standard_normal(shape), 0.7)  # correlated grain, mean 1, std ~0.2
+        image = np.clip(0.2 + 0.7 * gaussian_blur(image, 1.0), 0, 1) ** 1.6
         image = image * speckle + 0.02 * look.standard_normal(shape)
     return np.clip(image, 0.0, 1.0).astype(np.float32), label
 
@@ -199,7 +199,10 @@ def write_phantom_dataset(
         mask.putpalette(PALETTE)
         mask.save(out / "masks" / f"{name}.png")
     test = _test_ids(num_images, seed, rare)
-    splits = {"train": [n for i, n in enumerate(ids) if i not in test], "test": [n for i, n in enumerate(ids) if i in test]}
+    splits = {
+        "train": [n for i, n in enumerate(ids) if i not in test],
+        "test": [n for i, n in enumerate(ids) if i in test],
+    }
     classes = {str(i): name for i, name in enumerate(PHANTOM_CLASSES)}
     (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
     for split, names in splits.items():

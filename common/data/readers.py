@@ -74,12 +74,14 @@ class Nifti2DReader(NibabelReader):
         data, meta = super().get_data(img)
         shape = data.shape
         kept = [axis for axis, size in enumerate(shape) if size != 1]
-        if len(kept) > 2:
+        if len(kept) < 2 and len(shape) >= 2:  # an image one pixel wide or tall: its first two axes
+            kept = [0, 1]
+        if len(kept) != 2:
+            source = ", ".join(str(f) for f in getattr(self, "filenames", ())) or "NIfTI file"
             raise ValueError(
-                f"{meta.get('filename_or_obj', 'NIfTI file')}: shape {tuple(shape)} is not a 2D slice; "
+                f"{source}: shape {tuple(shape)} is not a 2D slice; "
                 "only 2D images (singleton axes allowed) are supported"
             )
-        kept = ([0, 1] if len(shape) >= 2 else [0]) if len(kept) < 2 else kept
         data = data.reshape([shape[axis] for axis in kept])
         affine_axes = [axis for axis in kept if axis < 3] + [3]
         for key in (MetaKeys.AFFINE, MetaKeys.ORIGINAL_AFFINE):

@@ -41,6 +41,18 @@ def normalise_class_map(class_map: Mapping | None) -> dict[float, int] | None:
     return {float(raw): int(index) for raw, index in class_map.items()}
 
 
+def _full_scale(img: torch.Tensor) -> float | None:
+    """Largest value of the file's integer type: 8-bit 255, 16-bit 65535 (MONAI stores 16-bit as int32, so the
+    PIL mode tells), ``None`` for other types."""
+    if img.dtype == torch.bool:
+        return 1.0
+    if img.dtype == torch.uint8:
+        return 255.0
+    if img.dtype == torch.uint16 or str(getattr(img, "meta", {}).get("mode", "")).startswith("I;16"):
+        return 65535.0
+    return None
+
+
 class ScaleToUnitd(MapTransform):
     """Scale intensities to [0, 1].
 
@@ -61,8 +73,10 @@ class ScaleToUnitd(MapTransform):
         if not isinstance(self.intensity, str):
             low, high = (float(v) for v in self.intensity)
             return ((img.float() - low) / (high - low)).clamp(0.0, 1.0)
-        if self.intensity == "dtype" and img.dtype in (torch.uint8, torch.uint16, torch.bool):
-            return img.float() / {torch.uint8: 255.0, torch.uint16: 65535.0, torch.bool: 1.0}[img.dtype]
+        if self.intensity == "dtype":
+            full_scale = _full_scale(img)
+            if full_scale is not None:
+                return img.float() / full_scale
         img = img.float()
         low, high = img.min(), img.max()
         return (img - low) / (high - low) if high > low else torch.zeros_like(img)
@@ -148,8 +162,8 @@ def pair_transforms(
             raw = sorted(mapping)
             xforms.append(MapLabelValued(mask_keys, raw, [mapping[v] for v in raw], dtype=np.float32))
     is_mask = [k in mask_keys for k in keys]
-    if image_size is not None:
-        size = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    size = None if image_size is None else _height_width(image_size)
+    if size is not None:
         xforms.append(
             Resized(
                 keys,
@@ -166,7 +180,7 @@ def pair_transforms(
                 prob=0.5,
                 rotate_range=(np.deg2rad(rotate_degrees),),
                 scale_range=(scale_range, scale_range),
-                translate_range=_translate_range(image_size, translate_fraction),
+                translate_range=None if size is None else tuple(translate_fraction * s for s in size),
                 mode=["nearest" if m else "bilinear" for m in is_mask],
                 padding_mode="zeros",
             )
@@ -175,8 +189,8 @@ def pair_transforms(
     return Compose(xforms)
 
 
-def _translate_range(image_size, fraction: float) -> tuple[float, float] | None:
-    if image_size is None or fraction <= 0:
-        return None
-    size = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(image_size)
-    return (fraction * size[0], fraction * size[1])
+def _height_width(image_size: int | Sequence[int]) -> tuple[int, int]:
+    size = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(int(s) for s in image_size)
+    if len(size) != 2:
+        raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+    return size
