@@ -2,8 +2,8 @@
 
 The LDM of a stage is trained on ``scale_factor * z`` with ``z = autoencoder.encode_stage_2_inputs(image)`` (for
 MONAI's ``VQVAE`` the quantised latent, what ``decode_stage_2_outputs`` decodes) and ``scale_factor = 1 / std(z)``
-over all training latents, so the diffusion model sees latents of unit variance (Rombach et al., "High-Resolution
-Image Synthesis with Latent Diffusion Models", 2022, appendix G; the MONAI LDM tutorials compute it the same way).
+over all training latents, so the diffusion model sees latents of unit variance (the rescaling of Rombach et al.,
+"High-Resolution Image Synthesis with Latent Diffusion Models", 2022; the MONAI LDM tutorials compute it the same way).
 The factor is written to ``latent_scale.json`` (``{"scale_factor": float}``) so generation encodes and decodes with
 the same one.
 
@@ -61,6 +61,8 @@ class LabelKeepMask:
     bounding box of every labelled class, "shape": the labelled pixels)."""
 
     def __init__(self, mode: str = "box", margin: int = 0) -> None:
+        if mode not in regions.MASK_MODES:
+            raise ValueError(f"mask mode must be one of {regions.MASK_MODES}, got {mode!r}")
         self.mode = mode
         self.margin = margin
 

@@ -13,9 +13,11 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import DataLoader
+from monai.engines.utils import DiffusionPrepareBatch, VPredictionPrepareBatch
 from monai.handlers import from_engine
 from monai.losses import PatchAdversarialLoss
-from monai.networks.nets import VQVAE, DiffusionModelUNet, PatchDiscriminator
+from monai.networks.nets import VQVAE, PatchDiscriminator
+from monai.networks.schedulers import DDPMScheduler
 from monai.utils import AdversarialKeys, set_determinism
 
 from common import regions
@@ -24,6 +26,7 @@ from common.engines import (
     ReconstructionInferer,
     ReconstructionLoss,
     VQAdversarialTrainer,
+    diffusion_prepare_batch,
     discriminator_adversarial_loss,
     generator_adversarial_loss,
     reconstruction_batch,
@@ -121,7 +124,9 @@ def test_config_networks_resolve_to_f4_vqvae_and_latent_unets(files):
         assert conditional(torch.cat([latent, latent, latent[:, :1]], 1), timesteps).shape == latent.shape
     scheduler = parser.get_parsed_content("scheduler")
     assert scheduler.num_train_timesteps == 1000
-    assert torch.isclose(scheduler.betas[0], torch.tensor(0.0015)) and torch.isclose(scheduler.betas[-1], torch.tensor(0.0195))
+    assert torch.isclose(scheduler.betas[0], torch.tensor(0.0015)) and torch.isclose(
+        scheduler.betas[-1], torch.tensor(0.0195)
+    )
 
 
 def test_diffusion_configs_wire_monai_components_and_checkpoint_names():
@@ -129,12 +134,13 @@ def test_diffusion_configs_wire_monai_components_and_checkpoint_names():
     conditional = parse(AUTOENCODER, DIFFUSION, CONDITIONAL)
     assert unconditional.get("train#trainer#_target_") == "SupervisedTrainer"
     assert unconditional.get("train#inferer#_target_") == "DiffusionInferer"
-    assert unconditional.get("train#prepare_batch#_target_") == "DiffusionPrepareBatch"
+    assert isinstance(unconditional.get_parsed_content("train#prepare_batch"), VPredictionPrepareBatch)
+    assert conditional.get_parsed_content("train#prepare_batch").condition_name == "condition"
     assert unconditional.get("diffusion_def") == "@network_def"
     assert conditional.get("diffusion_def") == "@conditional_network_def"
-    assert conditional.get("train#prepare_batch#condition_name") == "condition"
     names = {
-        parser.get("train#handlers")[-1]["final_filename"] for parser in (parse(AUTOENCODER), unconditional, conditional)
+        parser.get("train#handlers")[-1]["final_filename"]
+        for parser in (parse(AUTOENCODER), unconditional, conditional)
     }
     assert names == {"model_autoencoder.pt", "model.pt", "model_conditional.pt"}
 
@@ -207,19 +213,17 @@ def test_vq_trainer_objective_is_pixel_plus_quantization_plus_warmed_up_adversar
     trainer = make_trainer(network, quantization_weight=2.0, adversarial_weight=0.5)
     before = [p.detach().clone() for p in network.parameters()]
     records = []
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def record(engine):
-        out = engine.state.output
-        records.append({key: out[key] for key in (AdversarialKeys.FAKES, AdversarialKeys.RECONSTRUCTION_LOSS,
-                                                  AdversarialKeys.GENERATOR_LOSS, PIXEL_LOSS, QUANTIZATION_LOSS,
-                                                  ADVERSARIAL_LOSS)})  # fmt: skip
-
+    keys = (AdversarialKeys.FAKES, AdversarialKeys.RECONSTRUCTION_LOSS, AdversarialKeys.GENERATOR_LOSS)
+    keys += (PIXEL_LOSS, QUANTIZATION_LOSS, ADVERSARIAL_LOSS)
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: records.append({k: engine.state.output[k] for k in keys})
+    )
     trainer.run()
     set_determinism(None)
     assert len(records) == 3
     for iteration, out in enumerate(records, start=1):
-        assert isinstance(out[AdversarialKeys.FAKES], torch.Tensor) and out[AdversarialKeys.FAKES].shape == (2, 1, 16, 16)
+        fakes = out[AdversarialKeys.FAKES]  # the reconstruction alone, split from the quantisation loss
+        assert isinstance(fakes, torch.Tensor) and fakes.shape == (2, 1, 16, 16)
         expected = out[PIXEL_LOSS] + 2.0 * out[QUANTIZATION_LOSS]
         assert torch.allclose(out[AdversarialKeys.RECONSTRUCTION_LOSS], expected)
         weight = 0.0 if iteration <= 1 else 0.5
@@ -267,6 +271,23 @@ def test_reconstruction_loss_is_l1_by_default_and_never_downloads(tmp_path):
         ReconstructionLoss(perceptual_weight=-0.1)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         ReconstructionLoss(perceptual_weight=1.0, perceptual_weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_diffusion_prepare_batch_targets_follow_the_scheduler_prediction_type():
+    images, condition = torch.randn(4, 3, 8, 8), torch.randn(4, 4, 8, 8)
+    batch = {"image": images, "condition": condition}
+    epsilon = diffusion_prepare_batch(DDPMScheduler(1000))
+    assert type(epsilon) is DiffusionPrepareBatch
+    inputs, target, _, kwargs = epsilon(batch)
+    assert torch.equal(inputs, images) and torch.equal(target, kwargs["noise"]) and "condition" not in kwargs
+
+    scheduler = DDPMScheduler(1000, prediction_type="v_prediction")
+    inputs, target, _, kwargs = diffusion_prepare_batch(scheduler, condition_name="condition")(batch)
+    abar = scheduler.alphas_cumprod[kwargs["timesteps"]].view(-1, 1, 1, 1)
+    velocity = abar.sqrt() * kwargs["noise"] - (1 - abar).sqrt() * images  # Salimans & Ho 2022, eq. in sec. 4
+    assert torch.allclose(target, velocity, atol=1e-6) and torch.equal(kwargs["condition"], condition)
+    with pytest.raises(ValueError, match="prediction_type"):
+        diffusion_prepare_batch(DDPMScheduler(1000, prediction_type="sample"))
 
 
 def test_reconstruction_batch_and_inferer_treat_the_autoencoder_as_image_to_image():
@@ -323,9 +344,13 @@ def test_encode_dataset_gives_latents_masked_latents_and_latent_keep_masks():
     assert len(items) == 5
     for i, item in enumerate(items):
         assert torch.allclose(item["image"], torch.nn.functional.avg_pool2d(images[i], 4).repeat(3, 1, 1))
-        assert torch.allclose(item["masked_image"], torch.nn.functional.avg_pool2d(images[i] * keep[i], 4).repeat(3, 1, 1))
+        assert torch.allclose(
+            item["masked_image"], torch.nn.functional.avg_pool2d(images[i] * keep[i], 4).repeat(3, 1, 1)
+        )
         assert torch.equal(item["keep"], regions.to_latent_grid(keep[i : i + 1], (4, 4))[0])
     assert items[0]["keep"][0].tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="mask mode"):
+        LabelKeepMask(mode="circle")
 
 
 def test_training_condition_equals_the_generation_condition():
@@ -335,12 +360,18 @@ def test_training_condition_equals_the_generation_condition():
     labels[0, :, 1:5, 1:5], labels[1, :, 8:16, 3:7], labels[2, :, 0:2, 0:16] = 1, 2, 1
     autoencoder = PoolingAutoencoder()
     data = [{"image": images[i], "label": labels[i]} for i in range(3)]
-    items = diffusion_training_items(encode_dataset(autoencoder, data, lambda d: d, "cpu", keep_mask=LabelKeepMask()), 2.5)
+    items = diffusion_training_items(
+        encode_dataset(autoencoder, data, lambda d: d, "cpu", keep_mask=LabelKeepMask()), 2.5
+    )
     generation = masked_image_condition(autoencoder, images, regions.keep_mask(labels), 2.5)
     assert generation.shape == (3, 4, 4, 4)  # C + 1 channels
     assert torch.allclose(torch.stack([item["condition"] for item in items]), generation)
-    assert torch.allclose(torch.stack([item["image"] for item in items]), 2.5 * autoencoder.encode_stage_2_inputs(images))
-    assert torch.equal(concat_condition(torch.ones(3, 2, 2), torch.zeros(1, 2, 2), 2.0)[:, 0, 0], torch.tensor([2, 2, 2, 0.0]))
+    assert torch.allclose(
+        torch.stack([item["image"] for item in items]), 2.5 * autoencoder.encode_stage_2_inputs(images)
+    )
+    assert torch.equal(
+        concat_condition(torch.ones(3, 2, 2), torch.zeros(1, 2, 2), 2.0)[:, 0, 0], torch.tensor([2, 2, 2, 0.0])
+    )
 
 
 def test_random_box_keep_masks_are_seeded_boxes_of_the_requested_size():
@@ -370,7 +401,12 @@ def tiny_dataset(tmp_path_factory) -> str:
 def trained_autoencoder(tiny_dataset, tmp_path_factory) -> dict:
     """The autoencoder stage, run once for the end-to-end tests."""
     root = tmp_path_factory.mktemp("augpaint")
-    overrides = {**TINY, "dataset_dir": tiny_dataset, "ckpt_dir": str(root / "models"), "output_dir": str(root / "eval")}
+    overrides = {
+        **TINY,
+        "dataset_dir": tiny_dataset,
+        "ckpt_dir": str(root / "models"),
+        "output_dir": str(root / "eval"),
+    }
     run_bundle([AUTOENCODER], **overrides)
     return overrides
 
@@ -440,17 +476,21 @@ def test_conditional_stage_trains_the_concat_conditioned_unet(trained_autoencode
 @pytest.mark.slow
 def test_multi_gpu_configs_train_with_two_cpu_processes(tiny_dataset, tmp_path):
     """torchrun with 2 processes on CPU (gloo): autoencoder then diffusion stage, DDP-wrapped."""
-    overrides = {**TINY, "dataset_dir": tiny_dataset, "ckpt_dir": str(tmp_path / "models"),
-                 "output_dir": str(tmp_path / "eval"), "autoencoder_iterations": 2, "diffusion_iterations": 2}  # fmt: skip
+    overrides = {**TINY, "dataset_dir": tiny_dataset, "autoencoder_iterations": 2, "diffusion_iterations": 2}
+    overrides.update(ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"))
     arguments = [arg for key, value in overrides.items() for arg in (f"--{key}", json.dumps(value))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    stages = [
-        [AUTOENCODER, CONFIGS / "multi_gpu_train_autoencoder.json"],
-        [AUTOENCODER, DIFFUSION, CONFIGS / "multi_gpu_train_autoencoder.json", CONFIGS / "multi_gpu_train_diffusion.json"],
-    ]
-    for files in stages:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                   "monai.bundle", "run", "--config_file", json.dumps([str(f) for f in files]), *arguments]  # fmt: skip
+    multi_gpu_autoencoder, multi_gpu_diffusion = (
+        CONFIGS / "multi_gpu_train_autoencoder.json",
+        CONFIGS / "multi_gpu_train_diffusion.json",
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    for files in (
+        [AUTOENCODER, multi_gpu_autoencoder],
+        [AUTOENCODER, DIFFUSION, multi_gpu_autoencoder, multi_gpu_diffusion],
+    ):
+        config_file = json.dumps([str(f) for f in files])
+        command = [*torchrun, "-m", "monai.bundle", "run", "--config_file", config_file, *arguments]
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-3000:]
     parser = parse(AUTOENCODER, DIFFUSION, **TINY)

@@ -7,11 +7,13 @@
 - :class:`ReconstructionLoss`: L1 plus an optional perceptual term that never downloads weights.
 - :func:`reconstruction_batch`, :class:`ReconstructionInferer`: run an autoencoder as an image-to-image model in
   MONAI engines (the image is the target; the prediction is the reconstruction).
+- :func:`diffusion_prepare_batch`: MONAI's diffusion ``prepare_batch`` matching the scheduler's prediction type.
 """
 
 from __future__ import annotations
 
 from common.engines.adversarial_losses import discriminator_adversarial_loss, generator_adversarial_loss
+from common.engines.diffusion_batch import diffusion_prepare_batch
 from common.engines.reconstruction import ReconstructionInferer, ReconstructionLoss, reconstruction_batch
 from common.engines.vq_adversarial_trainer import VQAdversarialTrainer, vq_adversarial_loss_terms
 
@@ -19,6 +21,7 @@ __all__ = [
     "ReconstructionInferer",
     "ReconstructionLoss",
     "VQAdversarialTrainer",
+    "diffusion_prepare_batch",
     "discriminator_adversarial_loss",
     "generator_adversarial_loss",
     "reconstruction_batch",
