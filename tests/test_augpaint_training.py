@@ -145,12 +145,14 @@ def test_diffusion_configs_wire_monai_components_and_checkpoint_names():
     assert names == {"model_autoencoder.pt", "model.pt", "model_conditional.pt"}
 
 
-def test_paper_profile_layers_over_every_stage_with_ldm_sizes():
-    for files in ([AUTOENCODER], [AUTOENCODER, DIFFUSION], [AUTOENCODER, CONDITIONAL]):
+def test_paper_profile_layers_over_every_stage_and_inference_with_ldm_sizes():
+    for files in ([AUTOENCODER], [AUTOENCODER, DIFFUSION], [AUTOENCODER, CONDITIONAL], [CONFIGS / "inference.json"]):
         parser = parse(*files, CONFIGS / "paper.json")
-        assert parser.get_parsed_content("image_size") == 256
+        assert parser.get_parsed_content("image_size") == 64  # the image size is the data's, not the profile's
+        assert parser.get_parsed_content("prediction_type") == "epsilon"
         assert parser.get("network_def#channels") == [224, 448, 672, 896]
         assert parser.get("conditional_network_def#channels") == [224, 448, 672, 896]
+    assert parser.get_parsed_content("latent_factor") == 4
     autoencoder = parser.get_parsed_content("autoencoder_def")
     with torch.no_grad():
         assert autoencoder.encode_stage_2_inputs(torch.rand(1, 1, 32, 32)).shape == (1, 3, 8, 8)  # still f = 4
