@@ -38,6 +38,7 @@ def augment(
     data: str | None = None,
     labelled: int | None = None,
     seed: int = 0,
+    image_size: int = 64,
     out: str | None = None,
     profile: str = "quick",
     retrain: bool = False,
@@ -52,6 +53,7 @@ def augment(
         data: a data set folder or datalist JSON; default the embedded phantoms.
         labelled: use only a seeded subset of this many labelled training pairs (the same subset as scripts.evaluate).
         seed: seeds the split, the training and the sampling.
+        image_size: images are resized to this square size for every stage (the papers work at 256 px).
         out: output folder (models/ and synthetic/ inside); default ``outputs/<method>/<data>_n<N>_s<seed>``.
         profile: "quick" (CPU, minutes) or "paper" (the paper's sizes, for a GPU).
         retrain: train every stage again even when its checkpoint exists.
@@ -69,10 +71,19 @@ def augment(
         "dataset_dir": data,
         "num_labelled": labelled,
         "seed": seed,
+        "image_size": image_size,
         "ckpt_dir": os.path.join(out, "models"),
     }
+    train_knobs = dict(train_knobs or {})
     start = time.perf_counter()
-    run_workflow(os.path.join(bundle_root, "configs", "train.json"), **shared, profile=profile, retrain=retrain)
+    run_workflow(
+        os.path.join(bundle_root, "configs", "train.json"),
+        **shared,
+        profile=profile,
+        retrain=retrain,
+        knobs=train_knobs,
+        segmenter_knobs=dict(segmenter_knobs or {}),
+    )
     trained = time.perf_counter()
     synthetic_dir = os.path.join(out, "synthetic")
     run_workflow(
