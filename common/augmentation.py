@@ -7,13 +7,18 @@ from collections.abc import Sequence
 
 from monai.transforms import (
     Compose,
+    Identityd,
+    OneOf,
     RandAdjustContrastd,
+    RandFlipd,
     RandGaussianNoised,
     RandRotated,
+    RandScaleCropd,
     RandZoomd,
+    Resized,
 )
 
-__all__ = ["classic_augmentation"]
+__all__ = ["classic_augmentation", "crop_flip_rotate_augmentation"]
 
 
 def classic_augmentation(
@@ -38,5 +43,32 @@ def classic_augmentation(
             RandZoomd(keys, min_zoom=zoom[0], max_zoom=zoom[1], prob=prob, mode=["area"] + modes[1:], keep_size=True),
             RandAdjustContrastd(image_key, gamma=gamma, prob=prob),
             RandGaussianNoised(image_key, std=noise_std, prob=prob),
+        ]
+    )
+
+
+def crop_flip_rotate_augmentation(
+    image_size: int | Sequence[int],
+    keys: Sequence[str] = ("image", "label"),
+    prob: float = 0.2,
+    crop_fraction: float = 0.1,
+    max_rotation_degrees: float = 45.0,
+) -> Compose:
+    """GAUDA's classic augmentation (Frisch et al., sec. 4): a random crop removing ``crop_fraction`` of each side's
+    length, resized back to ``image_size``; a horizontal (left-right) flip; a rotation up to ``max_rotation_degrees``;
+    each applied with probability ``prob`` to image and label alike (label with nearest-neighbour interpolation)."""
+    modes = ["bilinear"] + ["nearest"] * (len(keys) - 1)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    crop = Compose(
+        [
+            RandScaleCropd(keys, roi_scale=1.0 - crop_fraction, random_size=False),
+            Resized(keys, spatial_size=size, mode=["area"] + modes[1:]),
+        ]
+    )
+    return Compose(
+        [
+            OneOf([crop, Identityd(keys)], weights=[prob, 1.0 - prob]),
+            RandFlipd(keys, prob=prob, spatial_axis=1),
+            RandRotated(keys, range_x=math.radians(max_rotation_degrees), prob=prob, mode=modes, padding_mode="zeros"),
         ]
     )

@@ -109,6 +109,7 @@ def encode_dataset(
     device: str | torch.device,
     batch_size: int = 32,
     keep_mask: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
+    key: str = "image",
 ) -> list[dict[str, torch.Tensor]]:
     """Encode every item of ``data`` once with the frozen ``autoencoder``; latents are kept in memory on the CPU.
 
@@ -120,22 +121,24 @@ def encode_dataset(
         device: where to encode.
         batch_size: images encoded at a time.
         keep_mask: for the conditional LDM, maps a batch to its pixel keep masks (B, 1, H, W).
+        key: the batch key to encode (``"label"`` for a mask autoencoder on one-hot labels); the latent is returned
+            under the same key.
 
     Returns:
-        one dict per item: ``"image"``: latent (C, h, w); with ``keep_mask`` also ``"masked_image"``: latent of
+        one dict per item: ``key``: latent (C, h, w); with ``keep_mask`` also ``"masked_image"``: latent of
         ``image * keep`` and ``"keep"``: the keep mask on the latent grid (1, h, w).
     """
     autoencoder.eval()
     items: list[dict[str, torch.Tensor]] = []
     for batch in DataLoader(Dataset(list(data), transform), batch_size=batch_size, shuffle=False, num_workers=0):
-        image = convert_to_tensor(batch["image"], track_meta=False).to(device)
-        encoded = {"image": autoencoder.encode_stage_2_inputs(image)}
+        image = convert_to_tensor(batch[key], track_meta=False).to(device)
+        encoded = {key: autoencoder.encode_stage_2_inputs(image)}
         if keep_mask is not None:
             keep = keep_mask(batch).to(device)
             encoded["masked_image"] = autoencoder.encode_stage_2_inputs(image * keep)
-            encoded["keep"] = regions.to_latent_grid(keep, encoded["image"].shape[-2:])
-        encoded = {key: value.float().cpu() for key, value in encoded.items()}
-        items.extend({key: value[index] for key, value in encoded.items()} for index in range(image.shape[0]))
+            encoded["keep"] = regions.to_latent_grid(keep, encoded[key].shape[-2:])
+        encoded = {name: value.float().cpu() for name, value in encoded.items()}
+        items.extend({name: value[index] for name, value in encoded.items()} for index in range(image.shape[0]))
     return items
 
 

@@ -19,6 +19,7 @@ from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import VQVAE, PatchDiscriminator
 from monai.networks.schedulers import DDPMScheduler
 from monai.utils import AdversarialKeys, set_determinism
+from tiny_networks import tiny_vqvae
 
 from common import regions
 from common.data import load_splits, pair_transforms, phantom_dataset
@@ -171,21 +172,6 @@ def test_multi_gpu_overrides_parse_and_keep_stage_run_lists():
 
 
 # ----------------------------------------------------------------------------------------------- engines
-
-
-def tiny_vqvae() -> VQVAE:
-    return VQVAE(
-        spatial_dims=2,
-        in_channels=1,
-        out_channels=1,
-        channels=(8, 8),
-        num_res_layers=1,
-        num_res_channels=(8, 8),
-        downsample_parameters=((2, 4, 1, 1), (2, 4, 1, 1)),
-        upsample_parameters=((2, 4, 1, 1, 0), (2, 4, 1, 1, 0)),
-        num_embeddings=16,
-        embedding_dim=3,
-    )
 
 
 def make_trainer(network: torch.nn.Module, iterations: int = 3, warmup: int = 1, **kwargs) -> VQAdversarialTrainer:

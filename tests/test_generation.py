@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 from monai.data import load_decathlon_datalist
-from monai.networks.nets import VQVAE, DiffusionModelUNet, UNet
+from monai.networks.nets import UNet
 from monai.networks.schedulers import DDIMScheduler
+from tiny_networks import tiny_diffusion_unet, tiny_vqvae
 
 from common.data import load_splits, pair_transforms, phantom_dataset
 from common.generation import GenerationRun, LatentInpainter, load_network, plan_jobs
@@ -95,27 +96,8 @@ def test_jobs_have_stable_names_and_seeds(pairs):
 
 def test_vqvae_and_diffusion_unet_end_to_end_with_the_filter(pairs, tmp_path):
     torch.manual_seed(0)
-    autoencoder = VQVAE(
-        spatial_dims=2,
-        in_channels=1,
-        out_channels=1,
-        channels=(8, 8),
-        num_res_layers=1,
-        num_res_channels=(8, 8),
-        downsample_parameters=((2, 4, 1, 1), (2, 4, 1, 1)),
-        upsample_parameters=((2, 4, 1, 1, 0), (2, 4, 1, 1, 0)),
-        num_embeddings=16,
-        embedding_dim=3,
-    ).eval()
-    unet = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=3,
-        channels=(8, 8),
-        attention_levels=(False, False),
-        num_res_blocks=1,
-        norm_num_groups=8,
-    ).eval()
+    autoencoder = tiny_vqvae().eval()
+    unet = tiny_diffusion_unet().eval()
     inpainter = LatentInpainter(autoencoder, unet, ddim_sampler(), scale_factor=1.5)
     path = run(pairs, tmp_path, inpainter, segmenter=tiny_segmenter(), keep_fraction=0.5)
 

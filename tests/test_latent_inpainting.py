@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from tiny_networks import tiny_diffusion_unet
 
 from common.sampling import LatentInpaintingSampler
 
@@ -120,15 +120,7 @@ def test_concat_condition_is_fed_to_the_network():
 
 
 def test_runs_a_monai_diffusion_unet_with_progress_bar():
-    unet = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=3,
-        out_channels=3,
-        channels=(8, 8),
-        attention_levels=(False, False),
-        num_res_blocks=1,
-        norm_num_groups=8,
-    ).eval()
+    unet = tiny_diffusion_unet().eval()
     z0 = torch.randn(2, 3, 8, 8)
     mask = torch.zeros(2, 1, 8, 8)
     mask[..., 2:5, 2:5] = 1

@@ -2,7 +2,9 @@
 
 The autoencoder's target is its own input, so :func:`reconstruction_batch` gives the image twice; MONAI's ``VQVAE``
 returns ``(reconstruction, quantization_loss)``, so :class:`ReconstructionInferer` keeps the reconstruction for
-evaluators and metrics; :class:`ReconstructionLoss` is the pixel loss of the reconstruction.
+evaluators and metrics; :class:`ReconstructionLoss` is the pixel loss of the reconstruction and
+:class:`ProbabilityCrossEntropyLoss` the cross-entropy of a mask autoencoder's class probabilities against one-hot
+masks.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from monai.losses import PerceptualLoss
 from monai.utils import CommonKeys
 from torch import nn
 
-__all__ = ["ReconstructionLoss", "ReconstructionInferer", "reconstruction_batch"]
+__all__ = ["ProbabilityCrossEntropyLoss", "ReconstructionLoss", "ReconstructionInferer", "reconstruction_batch"]
 
 
 class ReconstructionLoss(nn.Module):
@@ -65,11 +67,34 @@ class ReconstructionLoss(nn.Module):
         return loss
 
 
+class ProbabilityCrossEntropyLoss(nn.Module):
+    """Cross-entropy ``-mean_pixels sum_c onehot_c * log p_c`` of class probabilities ``p`` (B, K, H, W), e.g. the
+    softmax of a mask decoder's logits, against one-hot masks (B, K, H, W). The log is taken of ``p`` clamped to
+    ``min_probability``; above that it equals ``log_softmax`` of the logits, i.e. the usual cross-entropy."""
+
+    def __init__(self, min_probability: float = 1e-7) -> None:
+        super().__init__()
+        self.min_probability = float(min_probability)
+
+    def forward(self, probabilities: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+        if probabilities.shape != one_hot.shape:
+            raise ValueError(
+                f"probabilities {tuple(probabilities.shape)} and one-hot masks {tuple(one_hot.shape)} must match"
+            )
+        log_probabilities = torch.log(probabilities.clamp_min(self.min_probability))
+        return -(one_hot * log_probabilities).sum(dim=1).mean()
+
+
 def reconstruction_batch(
-    batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+    batchdata: Mapping[str, Any],
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    key: str = CommonKeys.IMAGE,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``prepare_batch`` for autoencoders: the batch's ``"image"`` is both the input and the target."""
-    image = batchdata[CommonKeys.IMAGE].to(device=device, non_blocking=non_blocking, **kwargs)
+    """``prepare_batch`` for autoencoders: the batch's ``key`` (``"image"``; ``"label"`` for a mask autoencoder on
+    one-hot labels) is both the input and the target."""
+    image = batchdata[key].to(device=device, non_blocking=non_blocking, **kwargs)
     return image, image
 
 

@@ -13,13 +13,16 @@ trainer's own iteration events, so the training step itself stays MONAI's:
 - ``GENERATOR_LOSS_COMPLETED``: the adversarial loss is multiplied by ``adversarial_weight``, or by 0 during the first
   ``adversarial_warmup_iterations`` iterations.
 
-The generator therefore minimises ``pixel + quantization_weight * quantization + w(t) * adversarial``. The
+The generator therefore minimises ``pixel + quantization_weight * quantization + w(t) * adversarial``. With a
+``reconstruction_activation`` (e.g. a softmax over the channels of a mask autoencoder's logits) the activated output is
+what the reconstruction loss and the discriminator see, so real one-hot masks are compared with class probabilities. The
 discriminator is trained from the first iteration (``AdversarialTrainer`` always updates it), so it already tells
 reconstructions from images when its feedback is switched on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,6 +49,7 @@ class VQAdversarialTrainer(AdversarialTrainer):
         quantization_weight: weight of the quantisation loss in the generator objective.
         adversarial_weight: weight of the adversarial loss once the warm-up is over.
         adversarial_warmup_iterations: iterations (from the start of the run) trained without the adversarial term.
+        reconstruction_activation: applied to the autoencoder's output before the losses (None: used as it is).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class VQAdversarialTrainer(AdversarialTrainer):
         quantization_weight: float = 1.0,
         adversarial_weight: float = 0.01,
         adversarial_warmup_iterations: int = 0,
+        reconstruction_activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> None:
         for name, value in (
@@ -68,6 +73,7 @@ class VQAdversarialTrainer(AdversarialTrainer):
         self.quantization_weight = float(quantization_weight)
         self.adversarial_weight = float(adversarial_weight)
         self.adversarial_warmup_iterations = int(adversarial_warmup_iterations)
+        self.reconstruction_activation = reconstruction_activation
         self.add_event_handler(AdversarialIterationEvents.GENERATOR_FORWARD_COMPLETED, self._split_network_output)
         self.add_event_handler(AdversarialIterationEvents.RECONSTRUCTION_LOSS_COMPLETED, self._add_quantization_loss)
         self.add_event_handler(AdversarialIterationEvents.GENERATOR_LOSS_COMPLETED, self._weight_adversarial_loss)
@@ -90,6 +96,8 @@ class VQAdversarialTrainer(AdversarialTrainer):
                 f"the autoencoder must return a reconstruction or (reconstruction, quantization_loss), "
                 f"got a sequence of {len(fakes)} outputs"
             )
+        if self.reconstruction_activation is not None:
+            reconstruction = self.reconstruction_activation(reconstruction)
         output[AdversarialKeys.FAKES] = output[CommonKeys.PRED] = reconstruction
         output[QUANTIZATION_LOSS] = quantization_loss
 

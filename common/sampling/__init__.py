@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from .classifier_free import ClassifierFreeGuidanceSampler, guided_output
+from .joint_sampler import JointLatentSampler, load_joint_sampler
 from .latent_inpainting import LatentInpaintingSampler
 
-__all__ = ["LatentInpaintingSampler"]
+__all__ = [
+    "ClassifierFreeGuidanceSampler",
+    "JointLatentSampler",
+    "LatentInpaintingSampler",
+    "guided_output",
+    "load_joint_sampler",
+]
