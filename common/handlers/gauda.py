@@ -9,8 +9,8 @@ At every validation the handler
 3. asks the frozen generator for ``num_synthetic`` pairs conditioned on class sets formed from those classes
    (``class_set_mode``, below), in batches of ``synthesis_batch_size``; this pool replaces the previous one;
 
-and at every training iteration, each sample of the batch whose mask shows a class some pool pair was conditioned on
-is replaced, with probability ``replace_prob``, by a random pool pair conditioned on one of those classes (image and
+and at every training iteration, each sample of the batch whose mask shows one of the chosen (synthesised) classes is
+replaced, with probability ``replace_prob``, by a random pool pair conditioned on one of those classes (image and
 label together, in ``engine.state.batch`` before the trainer's step runs). No pool exists before the first validation,
 so the first epoch trains on real data only; the synthesis after the last epoch is skipped (nothing would use it).
 
@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import ignite.distributed as idist
 import torch
 from torch import nn
 
@@ -164,6 +165,8 @@ class GAUDAHandler:
         for batch in self.val_data_loader:
             images = torch.as_tensor(batch[self.image_key]).as_subclass(torch.Tensor)
             pooled.update(self.member_probabilities(images.to(device)))
+        if pooled.sums is not None and pooled.counts is not None and idist.get_world_size() > 1:
+            pooled.sums, pooled.counts = idist.all_reduce(pooled.sums), idist.all_reduce(pooled.counts)
         uncertainty = pooled.compute()
         if uncertainty.numel() != self.num_classes:
             raise ValueError(f"the network predicts {uncertainty.numel()} classes, expected {self.num_classes}")
@@ -185,8 +188,10 @@ class GAUDAHandler:
             sets.append([target])
         return sets
 
-    def synthesise(self, class_sets: list[list[int]]) -> None:
-        """Ask the generator for one pair per class set, in batches, and make them the pool."""
+    def synthesise(self, class_sets: list[list[int]], classes: Sequence[int] | None = None) -> None:
+        """Ask the generator for one pair per class set, in batches, and make them the pool for ``classes`` (the
+        synthesised classes; default: every class of the sets): a training sample is eligible for replacement when
+        it shows one of them, and then takes a pair whose condition has that class."""
         start = self.seed + self.num_refreshes * self.num_synthetic
         images, labels = [], []
         for first in range(0, len(class_sets), self.synthesis_batch_size):
@@ -211,10 +216,12 @@ class GAUDAHandler:
             labels.append(batch_labels.detach().float().cpu())
         self.pool_images, self.pool_labels = torch.cat(images), torch.cat(labels)
         self.pool_conditions = [list(s) for s in class_sets]
+        targets = {int(c) for s in class_sets for c in s} if classes is None else {int(c) for c in classes}
         self.pool_by_class = {}
         for index, condition in enumerate(self.pool_conditions):
             for c in condition:
-                self.pool_by_class.setdefault(int(c), []).append(index)
+                if int(c) in targets:
+                    self.pool_by_class.setdefault(int(c), []).append(index)
 
     def refresh(self, engine: Engine) -> None:
         """``UE_c`` on the validation set, top-k classes, a new synthetic pool (skipped after the last epoch)."""
@@ -240,7 +247,7 @@ class GAUDAHandler:
         if last_epoch or not self.chosen_classes:
             return
         start = time.perf_counter()
-        self.synthesise(self.class_sets_for(self.chosen_classes))
+        self.synthesise(self.class_sets_for(self.chosen_classes), self.chosen_classes)
         self.synthesis_seconds = time.perf_counter() - start
         self.num_refreshes += 1
         self.logger.info(f"GAUDA: synthesised {self.num_synthetic} pairs in {self.synthesis_seconds:.1f} s")

@@ -1,0 +1,421 @@
+"""GAUDA generator: mask autoencoder, joint latents, condition dropout, guided sampling, configs and bundle runs."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import DataLoader, Dataset, load_decathlon_datalist
+from monai.engines import SupervisedTrainer
+from monai.inferers import DiffusionInferer
+from monai.losses import PatchAdversarialLoss
+from monai.networks.nets import VQVAE, DiffusionModelUNet, PatchDiscriminator
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.utils import set_determinism
+from PIL import Image
+
+from common.conditional_generation import ClassConditionalGenerationRun, observed_class_sets
+from common.data import load_splits, phantom_dataset, read_class_names
+from common.engines import (
+    ConditionDropoutPrepareBatch,
+    ProbabilityCrossEntropyLoss,
+    VQAdversarialTrainer,
+    discriminator_adversarial_loss,
+    generator_adversarial_loss,
+    reconstruction_batch,
+)
+from common.joint_latents import (
+    class_condition,
+    encode_pairs,
+    joint_training_items,
+    one_hot_pair_transforms,
+    present_classes,
+    split_joint_latent,
+)
+from common.sampling import ClassifierFreeGuidanceSampler, JointLatentSampler, guided_output, load_joint_sampler
+from common.stages import run_workflow
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "gauda" / "configs"
+AUTOENCODER = CONFIGS / "train_autoencoder.json"
+MASK_AUTOENCODER = CONFIGS / "train_mask_autoencoder.json"
+DIFFUSION = CONFIGS / "train_diffusion.json"
+INFERENCE = CONFIGS / "inference.json"
+
+NETWORKS = {
+    "image_autoencoder_def#channels": [8, 16],
+    "image_autoencoder_def#num_res_channels": [8, 16],
+    "image_autoencoder_def#num_embeddings": 32,
+    "mask_autoencoder_def#channels": [8, 16],
+    "mask_autoencoder_def#num_res_channels": [8, 16],
+    "mask_autoencoder_def#num_embeddings": 32,
+    "network_def#channels": [16, 16, 16],
+    "network_def#num_head_channels": [0, 16, 16],
+    "network_def#norm_num_groups": 8,
+}
+TINY = {
+    **NETWORKS,
+    "discriminator_channels": 8,
+    "autoencoder_iterations": 3,
+    "autoencoder_batch_size": 4,
+    "adversarial_warmup_iterations": 1,
+    "diffusion_iterations": 4,
+    "diffusion_batch_size": 8,
+    "log_interval": 2,
+    "num_labelled": 6,
+}
+
+
+def parse(*files: Path, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    parser.update(overrides)
+    parser.parse()
+    return parser
+
+
+def tiny_vqvae(channels: int, embedding_dim: int, width: int = 8, num_embeddings: int = 8) -> VQVAE:
+    """A VQVAE with downsampling factor 4, as the bundle's."""
+    return VQVAE(
+        2, channels, channels, channels=(width, width), num_res_layers=1, num_res_channels=(width, width),
+        downsample_parameters=((2, 4, 1, 1), (2, 4, 1, 1)), upsample_parameters=((2, 4, 1, 1, 0), (2, 4, 1, 1, 0)),
+        num_embeddings=num_embeddings, embedding_dim=embedding_dim,
+    )  # fmt: skip
+
+
+def tiny_joint_sampler(num_classes: int = 3, scheduler=None, steps: int = 3) -> JointLatentSampler:
+    torch.manual_seed(0)
+    image_ae, mask_ae = tiny_vqvae(1, 2), tiny_vqvae(num_classes, 2)
+    network = DiffusionModelUNet(
+        2, 4, 4, channels=(8, 8), attention_levels=(False, True), num_head_channels=8, num_res_blocks=1,
+        norm_num_groups=8, with_conditioning=True, cross_attention_dim=num_classes,
+    )  # fmt: skip
+    scheduler = scheduler or DDIMScheduler(1000, clip_sample=False, prediction_type="v_prediction")
+    sampler = ClassifierFreeGuidanceSampler(scheduler, steps, guidance=3.0)
+    return JointLatentSampler(image_ae, mask_ae, network, sampler, 2.0, 3.0, 2, 2, (4, 4), num_classes)
+
+
+# ------------------------------------------------------------------------------------ the mask autoencoder
+
+
+def test_probability_cross_entropy_is_cross_entropy_of_the_logits():
+    logits = torch.randn(2, 4, 5, 5)
+    target = torch.randint(0, 4, (2, 5, 5))
+    one_hot = torch.nn.functional.one_hot(target, 4).permute(0, 3, 1, 2).float()
+    expected = torch.nn.functional.cross_entropy(logits, target)
+    assert torch.isclose(ProbabilityCrossEntropyLoss()(torch.softmax(logits, 1), one_hot), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="must match"):
+        ProbabilityCrossEntropyLoss()(torch.softmax(logits, 1), one_hot[:, :3])
+
+
+def test_mask_autoencoder_round_trip_keeps_mask_classes():
+    """Overfit a tiny mask VQ-GAN (cross-entropy + adversarial) on four phantom masks: argmax of the decoded
+    one-hot latent gives back the masks, every class present stays present."""
+    set_determinism(seed=0)
+    pairs = load_splits(phantom_dataset(), seed=0, num_labelled=4)["train"]
+    num_classes = len(read_class_names(None))
+    transform = one_hot_pair_transforms(32, num_classes)
+    loader = DataLoader(Dataset(pairs, transform), batch_size=4, shuffle=False)
+    autoencoder = tiny_vqvae(num_classes, 4, width=16, num_embeddings=64)
+    discriminator = PatchDiscriminator(2, 8, num_classes, 1, num_layers_d=2, norm="INSTANCE")
+    adversarial = PatchAdversarialLoss(criterion="least_squares")
+    trainer = VQAdversarialTrainer(
+        device="cpu",
+        max_epochs=120,
+        train_data_loader=loader,
+        prepare_batch=functools.partial(reconstruction_batch, key="label"),
+        g_network=autoencoder,
+        g_optimizer=torch.optim.Adam(autoencoder.parameters(), 5e-3),
+        recon_loss_function=ProbabilityCrossEntropyLoss(),
+        g_loss_function=functools.partial(generator_adversarial_loss, adversarial_loss=adversarial),
+        d_network=discriminator,
+        d_optimizer=torch.optim.Adam(discriminator.parameters(), 1e-3),
+        d_loss_function=functools.partial(discriminator_adversarial_loss, adversarial_loss=adversarial),
+        adversarial_weight=0.01,
+        adversarial_warmup_iterations=60,
+        reconstruction_activation=functools.partial(torch.softmax, dim=1),
+    )
+    trainer.run()
+    one_hot = next(iter(loader))["label"].as_tensor()
+    with torch.no_grad():
+        latent = autoencoder.eval().encode_stage_2_inputs(one_hot)
+        decoded = autoencoder.decode_stage_2_outputs(latent).argmax(1)
+    assert latent.shape == (4, 4, 8, 8)  # f = 4
+    target = one_hot.argmax(1)
+    assert (decoded == target).float().mean() > 0.93
+    for index in range(4):
+        assert present_classes(torch.nn.functional.one_hot(decoded[index], num_classes).permute(2, 0, 1)) == (
+            present_classes(one_hot[index])
+        )
+
+
+# ------------------------------------------------------------------------------------ conditions and latents
+
+
+def test_class_condition_is_multi_hot_of_foreground_classes():
+    condition = class_condition([[1, 4], [], [2]], 5)
+    assert condition.shape == (3, 1, 5)
+    assert condition[0, 0].tolist() == [0, 1, 0, 0, 1]
+    assert condition[1].sum() == 0 and condition[2, 0].tolist() == [0, 0, 1, 0, 0]
+    with pytest.raises(ValueError, match="foreground classes 1..4"):
+        class_condition([[0, 1]], 5)
+    with pytest.raises(ValueError, match="foreground classes 1..4"):
+        class_condition([[5]], 5)
+    one_hot = torch.nn.functional.one_hot(torch.tensor([[0, 3], [3, 1]]), 5).permute(2, 0, 1)
+    assert present_classes(one_hot) == [1, 3]
+
+
+def test_joint_items_concatenate_scaled_latents_and_carry_the_condition():
+    encoded = [{"image": torch.ones(2, 4, 4), "label": torch.full((3, 4, 4), 2.0), "classes": [2]}]
+    (item,) = joint_training_items(encoded, image_scale=0.5, mask_scale=3.0, num_classes=3)
+    assert item["image"].shape == (5, 4, 4)
+    assert torch.all(item["image"][:2] == 0.5) and torch.all(item["image"][2:] == 6.0)
+    assert item["condition"].tolist() == [[0.0, 0.0, 1.0]]
+    image_part, mask_part = split_joint_latent(item["image"][None], 2)
+    assert image_part.shape == (1, 2, 4, 4) and mask_part.shape == (1, 3, 4, 4)
+
+
+def test_encode_pairs_gives_same_size_latents_and_the_classes_of_each_mask():
+    pairs = load_splits(phantom_dataset(), seed=0, num_labelled=3)["train"]
+    transform = one_hot_pair_transforms(32, 5)
+    image_ae, mask_ae = tiny_vqvae(1, 3).eval(), tiny_vqvae(5, 2).eval()
+    encoded = encode_pairs(image_ae, mask_ae, pairs, transform, "cpu")
+    assert [item["image"].shape for item in encoded] == [(3, 8, 8)] * 3
+    assert [item["label"].shape for item in encoded] == [(2, 8, 8)] * 3
+    for pair, item in zip(pairs, encoded, strict=True):
+        mask = np.asarray(Image.open(pair["label"]).resize((32, 32), Image.NEAREST))
+        assert item["classes"] == sorted(int(c) for c in np.unique(mask) if c > 0)
+    assert observed_class_sets(pairs, 32) == [list(c) for c in sorted({tuple(item["classes"]) for item in encoded})]
+
+
+# ------------------------------------------------------------------------------------ condition dropout
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_condition_dropout_replaces_conditions_by_the_null_one_at_rate_p(prediction_type):
+    scheduler = DDPMScheduler(1000, prediction_type=prediction_type)
+    prepare = ConditionDropoutPrepareBatch(scheduler, drop_prob=0.2, null_value=-1.0, seed=0)
+    condition = class_condition([[1, 2]] * 4000, 3)
+    images, target, _, kwargs = prepare({"image": torch.randn(4000, 2, 2, 2), "condition": condition})
+    dropped = (kwargs["condition"] == -1.0).all(dim=-1).flatten()
+    kept = (kwargs["condition"] == condition).all(dim=-1).flatten()
+    assert torch.all(dropped ^ kept)
+    assert abs(dropped.float().mean().item() - 0.2) < 0.02  # 4000 draws: std of the rate 0.006
+    expected = kwargs["noise"]
+    if prediction_type == "v_prediction":
+        expected = scheduler.get_velocity(images, kwargs["noise"], kwargs["timesteps"])
+    assert torch.allclose(target, expected)
+    with pytest.raises(ValueError, match="drop_prob"):
+        ConditionDropoutPrepareBatch(scheduler, drop_prob=1.5)
+
+
+# ------------------------------------------------------------------------------------ guided sampling
+
+
+def test_guided_output_matches_the_hand_computation():
+    conditional, unconditional = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 1.0])
+    # (1 + w) * c - w * u with w = 3: 4 * 2 - 3 * 0.5 = 6.5 and 4 * -1 - 3 * 1 = -7
+    assert guided_output(conditional, unconditional, 3.0).tolist() == [6.5, -7.0]
+    assert torch.equal(guided_output(conditional, unconditional, 0.0), conditional)
+
+
+class ConstantModels(torch.nn.Module):
+    """Two constant fake models in one: returns 2 for a real context, 0.5 for the null context; records calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        self.contexts.append(context.clone())
+        is_null = (context == -1.0).all(dim=-1).view(-1, 1, 1, 1)
+        return torch.where(is_null, torch.full_like(x, 0.5), torch.full_like(x, 2.0))
+
+
+class RecordingSampler(ClassifierFreeGuidanceSampler):
+    def step(self, model_output, timestep, sample, generators):
+        self.outputs = [*getattr(self, "outputs", []), model_output.clone()]
+        return super().step(model_output, timestep, sample, generators)
+
+
+def test_sampler_passes_context_and_null_context_and_steps_with_the_guided_output():
+    sampler = RecordingSampler(DDIMScheduler(1000, clip_sample=False), 4, guidance=3.0, null_value=-1.0)
+    network = ConstantModels()
+    context = class_condition([[1], [2]], 3)
+    sampler(network, (2, 1, 2, 2), context, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert len(network.contexts) == 4
+    for seen in network.contexts:
+        assert torch.equal(seen[:2], context) and torch.all(seen[2:] == -1.0)
+    for output in sampler.outputs:
+        assert torch.allclose(output, torch.full_like(output, 4 * 2.0 - 3 * 0.5))
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
+def test_joint_sampler_gives_pairs_that_depend_only_on_their_seed(scheduler):
+    schedulers = {
+        "ddim": DDIMScheduler(1000, clip_sample=False, prediction_type="v_prediction"),
+        "ddpm": DDPMScheduler(1000, clip_sample=False, prediction_type="v_prediction"),
+    }
+    sampler = tiny_joint_sampler(scheduler=schedulers[scheduler])
+    images, labels = sampler([[1], [2], [1, 2]], [5, 6, 7])
+    assert images.shape == labels.shape == (3, 1, 16, 16)
+    assert images.min() >= 0 and images.max() <= 1
+    assert labels.dtype == torch.int64 and labels.min() >= 0 and labels.max() < 3
+    alone, alone_labels = sampler([[2]], [6])
+    assert torch.allclose(alone, images[1:2], atol=1e-5) and torch.equal(alone_labels, labels[1:2])
+    with pytest.raises(ValueError, match="one seed per class set"):
+        sampler([[1]], [1, 2])
+
+
+def test_conditioning_decides_the_class_on_a_toy_trained_for_seconds():
+    """A tiny conditional UNet trained (MONAI SupervisedTrainer, condition dropout 0.2) on toy latents whose sign is
+    decided by the condition: class 1 -> +1, class 2 -> -1. Guided DDIM samples follow their condition."""
+    set_determinism(seed=0)
+    items = [
+        {"image": torch.full((2, 4, 4), 1.0 if c == 1 else -1.0), "condition": class_condition([[c]], 3)[0]}
+        for c in (1, 2)
+        for _ in range(32)
+    ]
+    scheduler = DDPMScheduler(1000, clip_sample=False, prediction_type="v_prediction")
+    network = DiffusionModelUNet(
+        2, 2, 2, channels=(16, 16), attention_levels=(False, True), num_head_channels=16, num_res_blocks=1,
+        norm_num_groups=8, with_conditioning=True, cross_attention_dim=3,
+    )  # fmt: skip
+    trainer = SupervisedTrainer(
+        device="cpu",
+        max_epochs=1,
+        epoch_length=150,
+        train_data_loader=DataLoader(Dataset(items), batch_size=16, shuffle=True),
+        network=network,
+        optimizer=torch.optim.Adam(network.parameters(), 2e-3),
+        loss_function=torch.nn.MSELoss(),
+        inferer=DiffusionInferer(scheduler),
+        prepare_batch=ConditionDropoutPrepareBatch(scheduler, drop_prob=0.2, seed=0),
+    )
+    trainer.run()
+    sampler = ClassifierFreeGuidanceSampler(
+        DDIMScheduler(1000, clip_sample=False, prediction_type="v_prediction"), 20, guidance=3.0
+    )
+    context = class_condition([[1]] * 4 + [[2]] * 4, 3)
+    latents = sampler(network.eval(), (8, 2, 4, 4), context, [torch.Generator().manual_seed(s) for s in range(8)])
+    means = latents.mean(dim=(1, 2, 3))
+    assert torch.all(means[:4] > 0.5) and torch.all(means[4:] < -0.5), means
+
+
+# ------------------------------------------------------------------------------------ configs
+
+
+@pytest.mark.parametrize(
+    "files",
+    [[AUTOENCODER], [AUTOENCODER, MASK_AUTOENCODER], [AUTOENCODER, DIFFUSION], [INFERENCE]],
+    ids=["image_autoencoder", "mask_autoencoder", "diffusion", "inference"],
+)
+def test_configs_resolve_to_same_size_latents_and_a_conditional_joint_unet(files):
+    parser = parse(*files)
+    num_classes = parser.get_parsed_content("num_classes")
+    image_ae = parser.get_parsed_content("image_autoencoder_def")
+    mask_ae = parser.get_parsed_content("mask_autoencoder_def")
+    with torch.no_grad():
+        image_latent = image_ae.encode_stage_2_inputs(torch.rand(2, 1, 64, 64))
+        mask_latent = mask_ae.encode_stage_2_inputs(torch.rand(2, num_classes, 64, 64))
+        assert image_latent.shape == mask_latent.shape == (2, 4, 16, 16)
+        joint = torch.cat([image_latent, mask_latent], 1)
+        network = parser.get_parsed_content("network_def")
+        output = network(joint, torch.tensor([0, 999]), context=class_condition([[1], [2, 3]], num_classes))
+    assert output.shape == joint.shape
+
+
+def test_training_configs_wire_the_stage_parts():
+    image = parse(AUTOENCODER)
+    mask = parse(AUTOENCODER, MASK_AUTOENCODER)
+    diffusion = parse(AUTOENCODER, DIFFUSION)
+    assert isinstance(image.get_parsed_content("reconstruction_loss"), torch.nn.MSELoss)
+    assert image.get_parsed_content("train#handlers")[-1]._final_filename == "model_image_autoencoder.pt"
+    assert isinstance(mask.get_parsed_content("reconstruction_loss"), ProbabilityCrossEntropyLoss)
+    assert mask.get_parsed_content("train#handlers")[-1]._final_filename == "model_mask_autoencoder.pt"
+    first_conv = next(
+        m for m in mask.get_parsed_content("discriminator_def").modules() if isinstance(m, torch.nn.Conv2d)
+    )
+    assert first_conv.in_channels == 5  # phantoms: K = 5 one-hot channels
+    prepare = diffusion.get_parsed_content("train#prepare_batch")
+    assert isinstance(prepare, ConditionDropoutPrepareBatch)
+    assert prepare.drop_prob == 0.2 and prepare.null_value == -1.0
+    inference = parse(INFERENCE)
+    assert inference.get_parsed_content("guided_sampler").null_value == prepare.null_value
+    assert inference.get_parsed_content("guided_sampler").guidance == 3.0
+    assert inference.get_parsed_content("num_inference_steps") == 50
+    ddpm = parse(INFERENCE, sampler="ddpm")
+    assert isinstance(ddpm.get_parsed_content("scheduler"), DDPMScheduler)
+    assert ddpm.get_parsed_content("num_inference_steps") == 1000
+
+
+def test_train_json_lists_the_three_stages_and_paper_profile_layers():
+    train = parse(CONFIGS / "train.json")
+    stages = train.get_parsed_content("stages")
+    assert [stage["name"] for stage in stages] == ["image_autoencoder", "mask_autoencoder", "diffusion"]
+    assert stages[1]["config_file"][-1].endswith("train_mask_autoencoder.json")
+    paper = parse(AUTOENCODER, DIFFUSION, CONFIGS / "paper.json")
+    assert paper.get_parsed_content("prediction_type") == "epsilon"
+    assert paper.get_parsed_content("image_autoencoder_def").encode_stage_2_inputs(
+        torch.rand(1, 1, 128, 128)
+    ).shape == (
+        1,
+        4,
+        32,
+        32,
+    )  # the paper's 128 px -> 4 x 32 x 32
+    paper_inference = parse(INFERENCE, CONFIGS / "paper.json")
+    assert isinstance(paper_inference.get_parsed_content("scheduler"), DDPMScheduler)
+    assert paper_inference.get_parsed_content("num_inference_steps") == 1000
+    for name in ("metadata.json", "multi_gpu_train_autoencoder.json", "multi_gpu_train_diffusion.json"):
+        assert isinstance(json.loads((CONFIGS / name).read_text()), dict)
+
+
+# ------------------------------------------------------------------------------------ generation run
+
+
+def test_generation_run_writes_a_datalist_with_conditions_and_class_index_masks(tmp_path):
+    sampler = tiny_joint_sampler()
+    run = ClassConditionalGenerationRun(sampler, [[1], [1, 2]], str(tmp_path), "gauda", {"k": 1}, 2, 10, 3, 3, False)
+    datalist = run.run()
+    entries = load_decathlon_datalist(datalist, data_list_key="training")
+    assert [Path(e["image"]).name for e in entries] == ["c1_s0.png", "c1_s1.png", "c1-2_s0.png", "c1-2_s1.png"]
+    content = json.loads(Path(datalist).read_text())["training"]
+    assert [e["condition"] for e in content] == [[1], [1], [1, 2], [1, 2]]
+    assert [e["seed"] for e in content] == [10, 11, 12, 13]
+    assert all(e["source_image"] is None and e["source_label"] is None for e in content)
+    _, labels = sampler([[1, 2]], [13])
+    written = np.asarray(Image.open(entries[3]["label"]))
+    assert np.array_equal(written, labels[0, 0].numpy()) and written.max() < 3
+
+
+# ------------------------------------------------------------------------------------ bundle runs
+
+
+@pytest.mark.slow
+def test_train_stages_and_inference_end_to_end(tmp_path):
+    ckpt_dir, synthetic = tmp_path / "models", tmp_path / "synthetic"
+    common = {"ckpt_dir": str(ckpt_dir), "output_dir": str(tmp_path / "eval"), "num_labelled": 6}
+    run_workflow(str(CONFIGS / "train.json"), **{**common, "knobs": {**TINY, "output_dir": str(tmp_path / "eval")}})
+    names = ["model_image_autoencoder.pt", "model_mask_autoencoder.pt", "model.pt"]
+    assert all((ckpt_dir / name).is_file() for name in names)
+    scales = [json.loads((ckpt_dir / f"latent_scale_{p}.json").read_text())["scale_factor"] for p in ("image", "mask")]
+    assert all(scale > 0 for scale in scales)
+    inference = {**NETWORKS, **common, "output_dir": str(synthetic), "num_samples": 2, "classes": [1, 4]}
+    run_workflow(str(INFERENCE), workflow_type="infer", num_inference_steps=3, progress=False, **inference)
+    entries = load_decathlon_datalist(str(synthetic / "datalist.json"), data_list_key="training")
+    assert len(entries) == 2 and all(entry["condition"] == [1, 4] for entry in entries)
+    for entry in entries:
+        mask = np.asarray(Image.open(entry["label"]))
+        assert mask.shape == (64, 64) and mask.max() < 5
+    sampler = load_joint_sampler(
+        str(INFERENCE), ckpt_dir=str(ckpt_dir), device="cpu", num_inference_steps=2, **NETWORKS
+    )
+    images, labels = sampler([[1, 4], [2]], [0, 1])
+    assert images.shape == labels.shape == (2, 1, 64, 64)
+    assert sampler.sampler.num_inference_steps == 2 and sampler.image_scale == pytest.approx(scales[0])

@@ -1,0 +1,378 @@
+"""GAUDA's downstream side: the deep ensemble trains on the mean of its members' losses and predicts their mean
+probability; the GAUDA handler computes UE_c (eq. 8) from the members, picks the top-k uncertain classes, and replaces
+only samples showing a synthesised class, at rate p, image and label together; Adaptive Sampling moves its weights
+towards poorly scored classes; the classic augmentation keeps image and label aligned; every downstream scheme's
+config trains for a few iterations."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.losses import DiceCELoss
+from PIL import Image
+from torch import nn
+from torch.utils.data import WeightedRandomSampler
+
+from common.augmentation import crop_flip_rotate_augmentation
+from common.data import load_splits
+from common.handlers import AdaptiveSamplingHandler, GAUDAHandler, sample_class_sets, top_k_uncertain_classes
+from common.networks import DeepEnsemble, MemberMeanLoss
+
+REPO = Path(__file__).resolve().parents[1]
+SEGMENTATION = str(REPO / "bundles" / "segmentation" / "configs" / "train.json")
+CONFIGS = REPO / "bundles" / "gauda" / "configs"
+BASELINE = str(CONFIGS / "train_downstream_baseline.json")
+SCHEMES = ("baseline", "aug", "as", "gauda")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class ConstantProbabilities(nn.Module):
+    """Predicts the same class probabilities (C, H, W) for every image: logits = log p."""
+
+    def __init__(self, probabilities: list) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor(probabilities).log())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(images.shape[0], *self.logits.shape)
+
+
+def two_member_ensemble() -> DeepEnsemble:
+    """Two members on a 1x2 image, 3 classes. Pixel 0: (.2,.7,.1) and (.4,.5,.1), mean (.3,.6,.1) -> class 1,
+    Var p_1 = ((.7-.5)/2)^2 = .01. Pixel 1: (.1,.3,.6) and (.05,.05,.9), mean -> class 2, Var p_2 = (.3/2)^2 = .0225."""
+    members = iter(
+        [
+            [[[0.2, 0.1]], [[0.7, 0.3]], [[0.1, 0.6]]],
+            [[[0.4, 0.05]], [[0.5, 0.05]], [[0.1, 0.9]]],
+        ]
+    )
+    return DeepEnsemble(lambda: ConstantProbabilities(next(members)), num_members=2)
+
+
+def fake_generator(calls: list | None = None):
+    """``(class_sets, seeds) -> (images, labels)`` on 8x8: pair i's label shows its class set in rows, its image is
+    constant seed / 1000 (so a replaced sample tells which pair it came from)."""
+
+    def generate(class_sets, seeds):
+        if calls is not None:
+            calls.append((list(class_sets), list(seeds)))
+        images = torch.stack([torch.full((1, 8, 8), s / 1000.0) for s in seeds])
+        labels = torch.zeros(len(seeds), 1, 8, 8)
+        for i, classes in enumerate(class_sets):
+            for row, c in enumerate(classes):
+                labels[i, 0, row] = c
+        return images, labels
+
+    return generate
+
+
+class RecordingWriter:
+    """Keeps the last value of every TensorBoard tag."""
+
+    def __init__(self) -> None:
+        self.scalars: dict = {}
+        self.texts: dict = {}
+
+    def add_scalar(self, tag, value, step) -> None:
+        self.scalars[tag] = value
+
+    def add_text(self, tag, text, step) -> None:
+        self.texts[tag] = text
+
+
+def engine_at(epoch: int = 1, max_epochs: int = 5) -> Engine:
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch, engine.state.max_epochs, engine.state.iteration = epoch, max_epochs, epoch * 10
+    return engine
+
+
+def test_ensemble_loss_is_the_members_mean_and_prediction_the_mean_probability():
+    torch.manual_seed(0)
+    ensemble = DeepEnsemble(lambda: nn.Conv2d(1, 3, 3, padding=1), num_members=3)
+    images = torch.rand(2, 1, 6, 6)
+    labels = torch.randint(0, 3, (2, 1, 6, 6)).float()
+    member_logits = ensemble.train()(images)
+    assert member_logits.shape == (3, 2, 3, 6, 6)
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+    expected = sum(dice_ce(member(images), labels) for member in ensemble.members) / 3
+    torch.testing.assert_close(MemberMeanLoss(dice_ce)(member_logits, labels), expected)
+    mean_probability = torch.stack([torch.softmax(m(images), dim=1) for m in ensemble.members]).mean(dim=0)
+    with torch.no_grad():
+        output = ensemble.eval()(images)
+    torch.testing.assert_close(torch.softmax(output, dim=1), mean_probability)
+    assert torch.equal(output.argmax(dim=1), mean_probability.argmax(dim=1))
+    torch.testing.assert_close(MemberMeanLoss(dice_ce)(output, labels), dice_ce(output, labels))
+
+
+def test_ue_c_is_the_mean_member_variance_over_pixels_predicted_as_c():
+    loader = [{"image": torch.zeros(3, 1, 1, 2)}, {"image": torch.zeros(1, 1, 1, 2)}]
+    handler = GAUDAHandler(fake_generator(), loader, two_member_ensemble(), num_classes=3)
+    uncertainty = handler.compute_uncertainty()
+    assert math.isnan(uncertainty[0])
+    torch.testing.assert_close(uncertainty[1:], torch.tensor([0.01, 0.0225], dtype=torch.float64))
+
+
+def test_mc_dropout_network_gives_ue_c_for_predicted_classes():
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(1, 8, 1), nn.Dropout(0.5), nn.Conv2d(8, 3, 1))
+    loader = [{"image": torch.rand(2, 1, 4, 4)}]
+    uncertainty = GAUDAHandler(fake_generator(), loader, network, num_classes=3, num_passes=8).compute_uncertainty()
+    predicted = ~torch.isnan(uncertainty)
+    assert predicted.any() and (uncertainty[predicted] > 0).all()
+
+
+def test_top_k_skips_background_and_nan_most_uncertain_first():
+    uncertainty = torch.tensor([0.9, 0.1, float("nan"), 0.5, 0.3, 0.3])
+    assert top_k_uncertain_classes(uncertainty, 3) == [3, 4, 5]
+    assert top_k_uncertain_classes(uncertainty, 10) == [3, 4, 5, 1]
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("single", [[3], [5], [3], [5], [3]]),
+        ("together", [[3, 5]] * 5),
+        ("observed", [[3, 4], [5], [3, 4], [5], [3, 4]]),
+    ],
+)
+def test_refresh_asks_the_generator_for_the_top_k_classes_in_batches(mode, expected):
+    calls: list = []
+    handler = GAUDAHandler(
+        fake_generator(calls),
+        [],
+        nn.Identity(),
+        num_classes=6,
+        top_k=2,
+        num_synthetic=5,
+        synthesis_batch_size=2,
+        class_set_mode=mode,
+        seed=100,
+    )
+    handler.observed_class_sets = {(1,), (3, 4)}  # class 5 was never seen in training: asked alone
+    handler.compute_uncertainty = lambda: torch.tensor([1.0, 0.1, float("nan"), 0.9, 0.2, 0.5], dtype=torch.float64)
+    handler.summary_writer = writer = RecordingWriter()
+    handler.replaced_since_refresh = 7
+    handler.refresh(engine_at(epoch=1))
+    assert handler.chosen_classes == [3, 5]
+    assert writer.scalars["gauda/ue_class_3"] == 0.9 and "gauda/ue_class_2" not in writer.scalars
+    assert writer.scalars["gauda/replaced"] == 7 and handler.replaced_since_refresh == 0
+    assert writer.texts["gauda/chosen_classes"] == "3 (class_3), 5 (class_5)"
+    assert [len(sets) for sets, _ in calls] == [2, 2, 1]
+    assert [s for sets, _ in calls for s in sets] == expected
+    assert [seed for _, seeds in calls for seed in seeds] == list(range(100, 105))
+    assert handler.pool_images.shape == (5, 1, 8, 8)
+    assert set(handler.pool_by_class) == {3, 5}  # class 4 shows up in a condition but was not chosen
+    calls.clear()
+    handler.refresh(engine_at(epoch=5))  # after the last epoch nothing would use a new pool
+    assert not calls
+
+
+def test_replacement_at_rate_p_only_for_samples_of_synthesised_classes_image_and_label_together():
+    p = 0.3
+    handler = GAUDAHandler(fake_generator(), [], nn.Identity(), num_classes=5, replace_prob=p, seed=1)
+    handler.synthesise([[3], [3, 4], [4]])
+    engine = engine_at()
+    assert handler.pool_by_class == {3: [0, 1], 4: [1, 2]}
+    eligible, replaced = 0, 0
+    for _ in range(200):
+        labels = torch.zeros(10, 1, 8, 8)
+        labels[:5, 0, 0, 0] = 3  # samples 0-4 show class 3 (synthesised), 5-9 only class 1 (not synthesised)
+        labels[5:, 0, 0, 0] = 1
+        images = torch.full((10, 1, 8, 8), -1.0)
+        engine.state.batch = {"image": images, "label": labels}
+        handler.replace_samples(engine)
+        out_images, out_labels = engine.state.batch["image"], engine.state.batch["label"]
+        assert (out_images[5:] == -1).all() and torch.equal(out_labels[5:], labels[5:])
+        for i in range(5):
+            eligible += 1
+            if out_images[i, 0, 0, 0] == -1:
+                assert torch.equal(out_labels[i], labels[i])
+                continue
+            replaced += 1
+            j = round(float(out_images[i, 0, 0, 0]) * 1000) - handler.seed  # pool pair j was drawn from seed + j
+            assert torch.equal(out_images[i], handler.pool_images[j])
+            assert torch.equal(out_labels[i], handler.pool_labels[j])
+            assert 3 in handler.pool_conditions[j]
+    assert abs(replaced / eligible - p) < 0.04  # 1000 Bernoulli(0.3) draws: std 0.0145
+    assert handler.replaced_total == replaced
+
+
+def test_no_replacement_before_the_first_pool_but_class_sets_are_recorded():
+    handler = GAUDAHandler(fake_generator(), [], nn.Identity(), num_classes=5, replace_prob=1.0)
+    labels = torch.zeros(2, 1, 8, 8)
+    labels[0, 0, 0, :2] = torch.tensor([2.0, 4.0])
+    engine = engine_at()
+    engine.state.batch = {"image": torch.zeros(2, 1, 8, 8), "label": labels}
+    handler.replace_samples(engine)
+    assert handler.replaced_total == 0
+    assert handler.observed_class_sets == {(2, 4), ()}
+
+
+def test_gauda_refuses_to_run_without_validation_pairs():
+    handler = GAUDAHandler(fake_generator(), [], nn.Identity(), num_classes=3)
+    with pytest.raises(ValueError, match="validation pairs"):
+        handler.attach(Engine(lambda e, b: None))
+
+
+def test_adaptive_sampling_moves_weights_towards_poorly_scored_classes():
+    sampler = WeightedRandomSampler(torch.ones(4, dtype=torch.float64), num_samples=4000, replacement=True)
+    weights = sampler.weights
+    handler = AdaptiveSamplingHandler(
+        sampler, [[1], [2], [1, 2], []], ["val_dice_a", "val_dice_b"], momentum=0.5, uniform_mix=0.0
+    )
+    torch.testing.assert_close(sampler.weights, torch.full((4,), 0.25, dtype=torch.float64))
+    evaluator = Engine(lambda e, b: None)
+    handler.attach(evaluator)
+    evaluator.state.metrics = {"val_dice_a": 0.9, "val_dice_b": 0.1}
+    evaluator.fire_event(Events.COMPLETED)
+    torch.testing.assert_close(handler.class_weights[1:], torch.tensor([0.55, 0.95], dtype=torch.float64))
+    assert sampler.weights is weights  # updated in place
+    w = sampler.weights
+    assert w[1] > w[0] and w[2] == w[1] and w[3] == w[0]  # a background-only mask gets the smallest class weight
+    for _ in range(10):
+        handler.update([0.9, 0.1])
+    torch.testing.assert_close(
+        handler.class_weights[1:], torch.tensor([0.1, 0.9], dtype=torch.float64), atol=1e-3, rtol=0
+    )
+    torch.manual_seed(0)
+    counts = np.bincount(list(iter(sampler)), minlength=4)
+    assert counts[1] > 4 * counts[0]
+    handler.update([float("nan"), 0.5])  # a class without a score keeps its weight
+    assert handler.class_weights[1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_sample_class_sets_are_the_classes_of_each_mask_file():
+    pairs = load_splits(None)["train"][:4]
+    expected = [sorted(int(v) for v in np.unique(np.asarray(Image.open(p["label"]))) if v > 0) for p in pairs]
+    assert sample_class_sets(pairs, num_classes=5) == expected
+
+
+def test_crop_flip_rotate_moves_image_and_label_together():
+    label = torch.zeros(1, 32, 32)
+    label[:, 4:20, 2:14] = 2
+    image = label / 4
+    identity = crop_flip_rotate_augmentation(32, prob=0.0)({"image": image, "label": label})
+    assert torch.equal(torch.as_tensor(identity["image"]), image)
+    out = crop_flip_rotate_augmentation(32, prob=1.0)({"image": image.clone(), "label": label.clone()})
+    out_image, out_label = torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
+    assert out_image.shape == out_label.shape == (1, 32, 32)
+    assert set(out_label.unique().tolist()) <= {0.0, 2.0}
+    assert ((out_image > 0.25) == (out_label > 0)).float().mean() > 0.95
+    assert out_label[..., 16:].sum() > out_label[..., :16].sum()  # the left-side square was flipped to the right
+
+
+def _files(scheme: str) -> list[str]:
+    return [SEGMENTATION, BASELINE] + (
+        [] if scheme == "baseline" else [str(CONFIGS / f"train_downstream_{scheme}.json")]
+    )
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_downstream_configs_parse(scheme):
+    parser = ConfigParser()
+    parser.read_config(_files(scheme))
+    parser.update({"ensemble_size": 2, "channels": [4, 8, 16, 32]})
+    assert parser.get_parsed_content("scheme") == scheme
+    assert parser.get_parsed_content("ckpt_name") == f"model_downstream_{scheme}.pt"
+    network = parser.get_parsed_content("network_def")
+    assert isinstance(network, DeepEnsemble) and len(network.members) == 2
+    assert isinstance(parser.get_parsed_content("loss"), MemberMeanLoss)
+    if scheme == "gauda":
+        assert parser["generator"]["_target_"] == "common.sampling.joint_sampler.load_joint_sampler"
+        assert parser["train#handlers"][-1] == "@gauda_handler"
+    if scheme == "as":
+        assert parser["validate#handlers"][-1] == "@adaptive_sampling"
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_downstream_scheme_trains_a_few_iterations(scheme, tmp_path):
+    overrides = {
+        "channels": [4, 8, 16, 32],
+        "ensemble_size": 2,
+        "num_workers": 0,
+        "max_iterations": 4,
+        "val_interval": 2,
+        "batch_size": 4,
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "eval"),
+    }
+    if scheme == "gauda":
+        overrides.update(gauda_replace_prob=1.0, gauda_num_synthetic=4, gauda_synthesis_batch_size=2)
+        overrides["generator"] = lambda sets, seeds: tuple(
+            torch.nn.functional.interpolate(t, size=(64, 64), mode="nearest") for t in fake_generator()(sets, seeds)
+        )
+    workflow = ConfigWorkflow(config_file=_files(scheme), workflow_type="train", logging_file=False, **overrides)
+    workflow.initialize()
+    losses: list[float] = []
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
+    workflow.run()
+    workflow.finalize()
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    checkpoint = tmp_path / "models" / f"model_downstream_{scheme}.pt"
+    workflow.parser.get_parsed_content("network_def").load_state_dict(torch.load(checkpoint))
+    if scheme == "gauda":
+        handler = workflow.parser.get_parsed_content("gauda_handler")
+        assert handler.chosen_classes and handler.replaced_total > 0
+    if scheme == "as":
+        weights = workflow.parser.get_parsed_content("adaptive_sampling").sampler.weights
+        assert not torch.allclose(weights, weights[0].expand_as(weights))
+
+
+def _untrained_generator_checkpoints(ckpt_dir: Path) -> str:
+    """Random-weight checkpoints of the bundle's two autoencoders and joint LDM, as the generator stages write them."""
+    from common.latents import save_latent_scale
+
+    inference = str(CONFIGS / "inference.json")
+    parser = ConfigParser()
+    parser.read_config(inference)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for definition, name in [
+        ("image_autoencoder_def", "model_image_autoencoder.pt"),
+        ("mask_autoencoder_def", "model_mask_autoencoder.pt"),
+        ("network_def", "model.pt"),
+    ]:
+        torch.save(parser.get_parsed_content(definition).state_dict(), ckpt_dir / name)
+    for part in ("image", "mask"):
+        save_latent_scale(str(ckpt_dir / f"latent_scale_{part}.json"), 1.0)
+    return inference
+
+
+def test_gauda_scheme_runs_with_the_bundle_generator(tmp_path):
+    """The `generator` id builds the bundle's joint sampler from inference.json and the loop trains with its pairs."""
+    inference = _untrained_generator_checkpoints(tmp_path / "models")
+    overrides = {
+        "channels": [4, 8, 16, 32],
+        "ensemble_size": 2,
+        "num_workers": 0,
+        "max_iterations": 4,
+        "val_interval": 2,
+        "batch_size": 4,
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "eval"),
+        "generator_config": inference,
+        "ddim_steps": 2,
+        "gauda_num_synthetic": 2,
+        "gauda_synthesis_batch_size": 2,
+        "gauda_replace_prob": 1.0,
+    }
+    workflow = ConfigWorkflow(config_file=_files("gauda"), workflow_type="train", logging_file=False, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    handler = workflow.parser.get_parsed_content("gauda_handler")
+    assert handler.pool_images.shape == (2, 1, 64, 64) and handler.replaced_total > 0
+    assert float(handler.pool_images.min()) >= 0.0 and float(handler.pool_images.max()) <= 1.0
