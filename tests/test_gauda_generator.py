@@ -330,10 +330,11 @@ def test_configs_resolve_to_same_size_latents_and_a_conditional_joint_unet(files
     assert output.shape == joint.shape
 
 
-def test_training_configs_wire_the_stage_parts():
-    image = parse(AUTOENCODER)
-    mask = parse(AUTOENCODER, MASK_AUTOENCODER)
-    diffusion = parse(AUTOENCODER, DIFFUSION)
+def test_training_configs_wire_the_stage_parts(tmp_path):
+    dirs = {"ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}  # handlers make their folders
+    image = parse(AUTOENCODER, **dirs)
+    mask = parse(AUTOENCODER, MASK_AUTOENCODER, **dirs)
+    diffusion = parse(AUTOENCODER, DIFFUSION, **dirs)
     assert isinstance(image.get_parsed_content("reconstruction_loss"), torch.nn.MSELoss)
     assert image.get_parsed_content("train#handlers")[-1]._final_filename == "model_image_autoencoder.pt"
     assert isinstance(mask.get_parsed_content("reconstruction_loss"), ProbabilityCrossEntropyLoss)
