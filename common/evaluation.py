@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 from monai.networks.layers import SkipConnection
 from monai.transforms import Compose
 
@@ -30,6 +31,7 @@ __all__ = [
     "SEGMENTATION_CONFIG",
     "check_provenance",
     "load_synthetic_pairs",
+    "load_trained_segmenter",
     "score_segmenter",
     "synthetic_feature_distances",
     "train_segmenter",
@@ -102,6 +104,18 @@ def train_segmenter(
         **overrides,
     )
     network = workflow.parser.get_parsed_content("network")
+    return network.eval()
+
+
+def load_trained_segmenter(run_dir: str, dataset_dir: str | None, image_size: int = 64) -> torch.nn.Module:
+    """The network :func:`train_segmenter` wrote to ``run_dir`` (``model.pt``), rebuilt from the bundle's
+    ``network_def``."""
+    parser = ConfigParser()
+    parser.read_config(SEGMENTATION_CONFIG)
+    parser.update({"dataset_dir": dataset_dir, "image_size": image_size})
+    network = parser.get_parsed_content("network_def")
+    checkpoint = os.path.join(run_dir, "model.pt")
+    network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     return network.eval()
 
 

@@ -26,6 +26,7 @@ from common.data import load_splits, read_class_names, resolve_dataset
 from common.evaluation import (
     check_provenance,
     load_synthetic_pairs,
+    load_trained_segmenter,
     score_segmenter,
     synthetic_feature_distances,
     train_segmenter,
@@ -48,6 +49,11 @@ def _arm_name(datalist_path: str) -> str:
     return f"real + {method} ({os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(datalist_path))))})"
 
 
+def _image_label(entries: list[dict]) -> list[dict]:
+    """Training entries without the provenance keys (a batch needs the same keys in every item)."""
+    return [{"image": e["image"], "label": e["label"]} for e in entries]
+
+
 def build_arms(
     labelled: list[dict], synthetic: Sequence[str], out: str, controls: bool, image_size: int, seed: int
 ) -> dict[str, dict]:
@@ -59,13 +65,13 @@ def build_arms(
     for datalist in synthetic:
         name = _arm_name(datalist)
         pairs = load_synthetic_pairs(datalist)
-        arms[name] = {"data": labelled + pairs, "classic": False, "synthetic": datalist}
+        arms[name] = {"data": labelled + _image_label(pairs), "classic": False}
         if controls and any(p.get("source_label") for p in pairs):
             for background in BACKGROUNDS:
                 control_dir = os.path.join(out, "controls", f"{len(arms):02d}_{background}")
                 control = make_control_set(datalist, control_dir, background, labelled, image_size, seed)
                 arms[f"{name} control: {background} background"] = {
-                    "data": labelled + load_synthetic_pairs(control),
+                    "data": labelled + _image_label(load_synthetic_pairs(control)),
                     "classic": False,
                 }
     return arms
@@ -93,7 +99,8 @@ def evaluate(
         iterations: training iterations of every arm.
         image_size: model input size; test masks are scored at this size.
         controls: add the inpainting controls (same kept regions on noise / another real image).
-        out: folder for results.json, results.md, controls and per-run checkpoints.
+        out: folder for results.json, results.md, controls and per-run checkpoints; a run finished by an earlier
+            call with the same settings (its ``scores.json``) is reused, so an interrupted evaluation resumes.
     """
     synthetic = [synthetic] if isinstance(synthetic, str) else list(synthetic)
     data = resolve_dataset(data)
@@ -110,35 +117,38 @@ def evaluate(
     logger.info(f"{len(arms)} arms x {seeds} seeds, {iterations} iterations each, {len(test_pairs)} test pairs")
 
     per_seed: dict[str, list[dict]] = {name: [] for name in arms}
-    networks = {}
     for arm_index, (name, arm) in enumerate(arms.items()):
         for train_seed in range(seeds):
-            start = time.perf_counter()
-            network = train_segmenter(
-                arm["data"],
-                os.path.join(out, "runs", f"arm{arm_index:02d}_seed{train_seed}"),
-                seed=train_seed,
-                iterations=iterations,
-                dataset_dir=data,
-                image_size=image_size,
-                classic_augmentation=arm["classic"],
-            )
-            scores = score_segmenter(network, test_pairs, len(class_names), image_size)
-            per_class = {metric: np.nanmean(values, axis=0) for metric, values in scores.items()}
+            run_dir = os.path.join(out, "runs", f"arm{arm_index:02d}_seed{train_seed}")
+            run = {"arm": name, "seed": train_seed, "iterations": iterations, "training_pairs": len(arm["data"])}
+            per_class = _finished_run(run_dir, run)
+            if per_class is None:
+                start = time.perf_counter()
+                network = train_segmenter(
+                    arm["data"],
+                    run_dir,
+                    seed=train_seed,
+                    iterations=iterations,
+                    dataset_dir=data,
+                    image_size=image_size,
+                    classic_augmentation=arm["classic"],
+                )
+                scores = score_segmenter(network, test_pairs, len(class_names), image_size)
+                per_class = {metric: np.nanmean(values, axis=0) for metric, values in scores.items()}
+                _record_run(run_dir, run, per_class)
+                logger.info(f"{name} seed {train_seed}: trained in {time.perf_counter() - start:.0f} s")
             per_seed[name].append(per_class)
-            networks.setdefault(name, network)
             logger.info(
                 f"{name} seed {train_seed}: mean foreground Dice {np.nanmean(per_class['dice'][1:]):.3f} "
-                f"({time.perf_counter() - start:.0f} s, {len(arm['data'])} training pairs)"
+                f"({len(arm['data'])} training pairs)"
             )
 
     results = summarise(per_seed, class_names, labelled, iterations, seeds)
     if datalists:
-        image_pairs = splits["train"] + splits["unlabelled"]
+        real_images = splits["train"] + splits["unlabelled"]
+        encoder = load_trained_segmenter(os.path.join(out, "runs", "arm00_seed0"), data, image_size)
         results["image_quality"] = {
-            _arm_name(d): synthetic_feature_distances(
-                networks["real"], image_pairs, load_synthetic_pairs(d), image_size
-            )
+            _arm_name(d): synthetic_feature_distances(encoder, real_images, load_synthetic_pairs(d), image_size)
             for d in datalists
         }
     markdown = to_markdown(results, class_names)
@@ -148,6 +158,25 @@ def evaluate(
         f.write(markdown)
     print(markdown)
     return results
+
+
+def _finished_run(run_dir: str, run: dict) -> dict[str, np.ndarray] | None:
+    """The scores of a run an earlier (interrupted) evaluation finished with the same settings, else None."""
+    try:
+        with open(os.path.join(run_dir, "scores.json")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if record.get("run") != run:
+        return None
+    return {metric: np.asarray(values, dtype=float) for metric, values in record["scores"].items()}
+
+
+def _record_run(run_dir: str, run: dict, per_class: dict[str, np.ndarray]) -> None:
+    temp = os.path.join(run_dir, "scores.json.tmp")
+    with open(temp, "w") as f:
+        json.dump({"run": run, "scores": {k: v.tolist() for k, v in per_class.items()}}, f)
+    os.replace(temp, os.path.join(run_dir, "scores.json"))
 
 
 def summarise(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.data import phantom_dataset
+from common.data import load_splits, phantom_dataset
 from common.evaluation import LeakageError
 from scripts.augment import augment
 from scripts.evaluate import evaluate
@@ -56,5 +56,10 @@ def test_augment_then_evaluate(tmp_path):
         table = f.read()
     assert all(f"| {name} |" in table for name in arms)
 
+    test_mask = load_splits(data, seed=0, num_labelled=4)["test"][0]["label"]
+    datalist["training"][0]["source_label"] = test_mask
+    leaked = tmp_path / "leaked" / "datalist.json"
+    leaked.parent.mkdir()
+    leaked.write_text(json.dumps(datalist))
     with pytest.raises(LeakageError, match="not in the labelled subset"):
-        evaluate(data=data, labelled=2, synthetic=[datalist_path], seeds=1, iterations=2, out=str(tmp_path / "ev2"))
+        evaluate(data=data, labelled=4, synthetic=[str(leaked)], seeds=1, iterations=2, out=str(tmp_path / "ev2"))
