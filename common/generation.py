@@ -36,7 +36,7 @@ from common.sampling import LatentInpaintingSampler
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["SampleJob", "plan_jobs", "load_network", "LatentInpainter", "GenerationRun"]
+__all__ = ["SampleJob", "plan_jobs", "LatentInpainter", "GenerationRun"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +76,6 @@ def plan_jobs(pairs: Sequence[Mapping[str, Any]], num_samples: int, seed: int) -
         for index in range(len(pairs))
         for sample in range(num_samples)
     ]
-
-
-def load_network(network: nn.Module, checkpoint: str, device: str | torch.device) -> nn.Module:
-    """Load a flat state dict into ``network``; returned on ``device``, in eval mode, without gradients."""
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint {checkpoint} not found: train the stage that writes it first")
-    network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    return network.to(device).eval().requires_grad_(False)
 
 
 class LatentInpainter:

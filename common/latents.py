@@ -39,21 +39,12 @@ __all__ = [
     "diffusion_training_items",
     "encode_dataset",
     "latent_scale_factor",
-    "load_autoencoder",
     "load_latent_scale",
     "masked_image_condition",
     "save_latent_scale",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def load_autoencoder(autoencoder: nn.Module, checkpoint: str, device: str | torch.device) -> nn.Module:
-    """Load a flat state dict into ``autoencoder``, move it to ``device`` and freeze it (eval mode, no gradients)."""
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"autoencoder checkpoint {checkpoint} not found: train the autoencoder stage first")
-    autoencoder.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    return autoencoder.to(device).eval().requires_grad_(False)
 
 
 class LabelKeepMask:
@@ -114,7 +105,8 @@ def encode_dataset(
     """Encode every item of ``data`` once with the frozen ``autoencoder``; latents are kept in memory on the CPU.
 
     Args:
-        autoencoder: frozen autoencoder with ``encode_stage_2_inputs`` (see :func:`load_autoencoder`).
+        autoencoder: frozen autoencoder with ``encode_stage_2_inputs``
+            (see :func:`common.checkpoints.load_frozen_network`).
         data: datalist entries (``{"image": path, ...}``), loaded with ``transform`` (no random augmentation, so the
             latents are reproducible).
         transform: gives ``"image"`` tensors (1, H, W) in [0, 1] (and ``"label"`` when ``keep_mask`` needs it).

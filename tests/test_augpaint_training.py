@@ -22,6 +22,7 @@ from monai.utils import AdversarialKeys, set_determinism
 from tiny_networks import tiny_vqvae
 
 from common import regions
+from common.checkpoints import load_frozen_network
 from common.data import load_splits, pair_transforms, phantom_dataset
 from common.engines import (
     ReconstructionInferer,
@@ -40,7 +41,6 @@ from common.latents import (
     diffusion_training_items,
     encode_dataset,
     latent_scale_factor,
-    load_autoencoder,
     load_latent_scale,
     masked_image_condition,
     save_latent_scale,
@@ -319,7 +319,7 @@ def test_latent_scale_file_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match="scale_factor"):
         load_latent_scale(path)
     with pytest.raises(FileNotFoundError, match="model_autoencoder.pt"):
-        load_autoencoder(tiny_vqvae(), str(tmp_path / "model_autoencoder.pt"), "cpu")
+        load_frozen_network(tiny_vqvae(), str(tmp_path / "model_autoencoder.pt"), "cpu")
 
 
 def test_encode_dataset_gives_latents_masked_latents_and_latent_keep_masks():

@@ -14,8 +14,9 @@ from monai.networks.nets import UNet
 from monai.networks.schedulers import DDIMScheduler
 from tiny_networks import tiny_diffusion_unet, tiny_vqvae
 
+from common.checkpoints import load_frozen_network
 from common.data import load_splits, pair_transforms, phantom_dataset
-from common.generation import GenerationRun, LatentInpainter, load_network, plan_jobs
+from common.generation import GenerationRun, LatentInpainter, plan_jobs
 from common.io import SyntheticDatasetWriter
 from common.regions import class_boxes, flip_boxes, keep_mask, to_latent_grid
 from common.sampling import LatentInpaintingSampler
@@ -225,7 +226,7 @@ def test_interrupted_filter_resumes_to_the_same_kept_set(pairs, tmp_path, monkey
 
 def test_bad_settings_are_named(pairs, tmp_path):
     with pytest.raises(FileNotFoundError, match="model_segmenter.pt"):
-        load_network(tiny_segmenter(), str(tmp_path / "model_segmenter.pt"), "cpu")
+        load_frozen_network(tiny_segmenter(), str(tmp_path / "model_segmenter.pt"), "cpu")
     with pytest.raises(ValueError, match="flip_boxes"):
         exact_inpainter(flip_boxes="false")  # a string from a command line would silently mean True
     with pytest.raises(ValueError, match="mask_mode"):
