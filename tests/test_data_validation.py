@@ -146,4 +146,5 @@ def test_usgra_passes_with_its_palette_masks_and_rgb_images():
     validate_pairs(splits["train"] + splits["test"], num_classes=3, require_foreground=True)
     with pytest.raises(DataValidationError, match="are outside 0..1") as caught:
         validate_pairs(splits["test"], num_classes=2)  # blood vessels (2) do not exist with 2 classes
-    assert all(path.startswith(str(USGRA / "masks")) for path, _ in caught.value.problems)
+    masks = (USGRA / "masks").resolve()
+    assert all(Path(path).resolve().is_relative_to(masks) for path, _ in caught.value.problems)
