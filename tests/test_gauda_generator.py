@@ -113,16 +113,7 @@ def test_probability_cross_entropy_is_cross_entropy_of_the_logits():
         ProbabilityCrossEntropyLoss()(torch.softmax(logits, 1), one_hot[:, :3])
 
 
-@pytest.fixture
-def single_thread():
-    """Training results depend on the thread count (reduction order); one thread makes them reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_mask_autoencoder_round_trip_keeps_mask_classes(single_thread):
+def test_mask_autoencoder_round_trip_keeps_mask_classes(single_torch_thread):
     """Overfit a tiny mask VQ-GAN (cross-entropy + adversarial) on four phantom masks: argmax of the decoded
     one-hot latent gives back the masks, every class present stays present."""
     set_determinism(seed=0)

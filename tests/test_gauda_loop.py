@@ -31,12 +31,7 @@ BASELINE = str(CONFIGS / "train_downstream_baseline.json")
 SCHEMES = ("baseline", "aug", "as", "gauda")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class ConstantProbabilities(nn.Module):
@@ -297,9 +292,9 @@ def test_downstream_configs_parse(scheme):
         assert parser["validate#handlers"][-1] == "@adaptive_sampling"
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
-def test_downstream_scheme_trains_a_few_iterations(scheme, tmp_path):
-    overrides = {
+def _tiny_run(tmp_path) -> dict:
+    """Overrides for a few iterations of a tiny ensemble, writing under ``tmp_path``."""
+    return {
         "channels": [4, 8, 16, 32],
         "ensemble_size": 2,
         "num_workers": 0,
@@ -309,6 +304,11 @@ def test_downstream_scheme_trains_a_few_iterations(scheme, tmp_path):
         "ckpt_dir": str(tmp_path / "models"),
         "output_dir": str(tmp_path / "eval"),
     }
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_downstream_scheme_trains_a_few_iterations(scheme, tmp_path):
+    overrides = _tiny_run(tmp_path)
     if scheme == "gauda":
         overrides.update(gauda_replace_prob=1.0, gauda_num_synthetic=4, gauda_synthesis_batch_size=2)
         overrides["generator"] = lambda sets, seeds: tuple(
@@ -355,14 +355,7 @@ def test_gauda_scheme_runs_with_the_bundle_generator(tmp_path):
     """The `generator` id builds the bundle's joint sampler from inference.json and the loop trains with its pairs."""
     inference = _untrained_generator_checkpoints(tmp_path / "models")
     overrides = {
-        "channels": [4, 8, 16, 32],
-        "ensemble_size": 2,
-        "num_workers": 0,
-        "max_iterations": 4,
-        "val_interval": 2,
-        "batch_size": 4,
-        "ckpt_dir": str(tmp_path / "models"),
-        "output_dir": str(tmp_path / "eval"),
+        **_tiny_run(tmp_path),
         "generator_config": inference,
         "ddim_steps": 2,
         "gauda_num_synthetic": 2,

@@ -30,13 +30,7 @@ MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
 TINY = {"channels": [8, 16, 32, 64], "num_workers": 0, "log_interval": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny runs on a shared CPU are many times faster on one thread than on oversubscribed OpenMP threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _parser(*files: str, **overrides) -> ConfigParser:
