@@ -21,7 +21,7 @@ from monai.transforms import Compose
 
 from common import augmentation
 from common.data import pair_transforms
-from common.metrics import frechet_distance, kernel_inception_distance, per_class_scores
+from common.metrics import extract_features, frechet_distance, kernel_inception_distance, per_class_scores
 from common.stages import run_workflow
 
 logger = logging.getLogger(__name__)
@@ -147,23 +147,32 @@ def score_segmenter(
     return {"dice": np.concatenate(dice), "iou": np.concatenate(iou)}
 
 
-@torch.no_grad()
-def unet_bottleneck_features(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Global-average-pooled output of the deepest layer of a MONAI ``UNet``: (B, channels), a feature space that
-    needs no download (DESIGN: FID/KID "by default the encoder of a segmenter trained on the real data")."""
+def _deepest_layer(network: torch.nn.Module) -> torch.nn.Module:
+    """The bottom block of a MONAI ``UNet`` (inside its innermost skip connection)."""
     module = network.model
     while True:
         skips = [m for m in module.children() if isinstance(m, SkipConnection)]
         if not skips:
-            break
+            return module
         module = skips[0].submodule
+
+
+@torch.no_grad()
+def unet_bottleneck_features(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Global-average-pooled output of the deepest layer of a MONAI ``UNet``: (B, channels), a feature space that
+    needs no download (DESIGN: FID/KID "by default the encoder of a segmenter trained on the real data")."""
     captured = []
-    handle = module.register_forward_hook(lambda _m, _i, output: captured.append(output.mean(dim=(2, 3))))
+
+    def bottleneck(batch: torch.Tensor) -> torch.Tensor:
+        network(batch)
+        return captured.pop()
+
+    network.eval()
+    handle = _deepest_layer(network).register_forward_hook(lambda _m, _i, output: captured.append(output))
     try:
-        network.eval()(images)
+        return extract_features(bottleneck, images)
     finally:
         handle.remove()
-    return captured[0]
 
 
 def synthetic_feature_distances(
@@ -175,7 +184,7 @@ def synthetic_feature_distances(
 
     def features(pairs: Sequence[dict]) -> torch.Tensor:
         images = torch.stack([torch.as_tensor(load({"image": p["image"]})["image"]) for p in pairs])
-        return torch.cat([unet_bottleneck_features(network, batch.to(device)) for batch in images.split(32)]).cpu()
+        return unet_bottleneck_features(network, images.to(device))
 
     real, fake = features(real_pairs), features(synthetic_pairs)
     return {
