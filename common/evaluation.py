@@ -22,6 +22,7 @@ from monai.transforms import Compose
 from common import augmentation
 from common.data import pair_transforms
 from common.metrics import extract_features, frechet_distance, kernel_inception_distance, per_class_scores
+from common.networks import DeepEnsemble
 from common.stages import run_workflow
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ __all__ = [
     "LeakageError",
     "SEGMENTATION_CONFIG",
     "check_provenance",
+    "class_condition_agreement",
     "load_synthetic_pairs",
     "load_trained_segmenter",
     "score_segmenter",
@@ -82,37 +84,51 @@ def train_segmenter(
     dataset_dir: str | None,
     image_size: int = 64,
     classic_augmentation: bool = False,
+    val_data: Sequence[dict] = (),
+    val_interval: int | None = None,
+    config_files: Sequence[str] = (),
     **overrides,
 ) -> torch.nn.Module:
-    """Train ``bundles/segmentation`` on ``train_data`` for a fixed budget (no validation) and return the network."""
+    """Train ``bundles/segmentation`` (with ``config_files`` layered over it, e.g. a GAUDA downstream scheme) on
+    ``train_data`` for a fixed budget and return the network it saved to ``work_dir/model.pt``. ``bundle_root``
+    defaults to the segmentation bundle's; pass the layered bundle's when its configs read files under it.
+
+    Without ``val_data`` the final network is saved; with it, the bundle validates every ``val_interval`` iterations
+    (default: once, at the end) and saves the best one by validation Dice.
+    """
     if classic_augmentation:
         overrides["train#preprocessing"] = Compose(
             [pair_transforms(image_size, augment=True), augmentation.classic_augmentation()]
         )
-    workflow = run_workflow(
-        SEGMENTATION_CONFIG,
-        bundle_root=os.path.dirname(os.path.dirname(SEGMENTATION_CONFIG)),
+    overrides.setdefault("bundle_root", os.path.dirname(os.path.dirname(SEGMENTATION_CONFIG)))
+    run_workflow(
+        [SEGMENTATION_CONFIG, *config_files],
         dataset_dir=dataset_dir,
         image_size=image_size,
         seed=seed,
-        val_fraction=0.0,
         max_iterations=iterations,
-        val_interval=iterations,
+        val_interval=val_interval or iterations,
         ckpt_dir=work_dir,
+        ckpt_name="model.pt",
         output_dir=os.path.join(work_dir, "logs"),
-        **{"train#dataset#data": list(train_data)},
+        **{"train#dataset#data": list(train_data), "validate#dataset#data": list(val_data)},
         **overrides,
     )
-    network = workflow.parser.get_parsed_content("network")
-    return network.eval()
+    return load_trained_segmenter(work_dir, dataset_dir, image_size, config_files, **overrides)
 
 
-def load_trained_segmenter(run_dir: str, dataset_dir: str | None, image_size: int = 64) -> torch.nn.Module:
-    """The network :func:`train_segmenter` wrote to ``run_dir`` (``model.pt``), rebuilt from the bundle's
-    ``network_def``."""
+def load_trained_segmenter(
+    run_dir: str,
+    dataset_dir: str | None,
+    image_size: int = 64,
+    config_files: Sequence[str] = (),
+    **overrides,
+) -> torch.nn.Module:
+    """The network :func:`train_segmenter` wrote to ``run_dir`` (``model.pt``), rebuilt from the ``network_def`` of
+    the same layered configs and overrides, in eval mode."""
     parser = ConfigParser()
-    parser.read_config(SEGMENTATION_CONFIG)
-    parser.update({"dataset_dir": dataset_dir, "image_size": image_size})
+    parser.read_config([SEGMENTATION_CONFIG, *config_files])
+    parser.update({"dataset_dir": dataset_dir, "image_size": image_size, **overrides})
     network = parser.get_parsed_content("network_def")
     checkpoint = os.path.join(run_dir, "model.pt")
     network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
@@ -159,8 +175,11 @@ def _deepest_layer(network: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def unet_bottleneck_features(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Global-average-pooled output of the deepest layer of a MONAI ``UNet``: (B, channels), a feature space that
-    needs no download (DESIGN: FID/KID "by default the encoder of a segmenter trained on the real data")."""
+    """Global-average-pooled output of the deepest layer of a MONAI ``UNet`` (the first member of a
+    :class:`DeepEnsemble`): (B, channels), a feature space that needs no download (DESIGN: FID/KID "by default the
+    encoder of a segmenter trained on the real data")."""
+    if isinstance(network, DeepEnsemble):
+        network = network.members[0]
     captured = []
 
     def bottleneck(batch: torch.Tensor) -> torch.Tensor:
@@ -193,3 +212,29 @@ def synthetic_feature_distances(
         "num_real": len(real_pairs),
         "num_synthetic": len(synthetic_pairs),
     }
+
+
+def class_condition_agreement(pairs: Sequence[dict], num_classes: int) -> dict:
+    """How well a class-conditional generator obeys its condition, from the masks it wrote.
+
+    Returns ``exact``: the fraction of pairs whose mask shows exactly the conditioned foreground classes;
+    ``recall``: per class, the fraction of pairs conditioned on it whose mask shows it (NaN if never asked);
+    ``num_pairs``: the pairs with a ``condition``.
+    """
+    load = pair_transforms(None, keys=("label",), augment=False)
+    conditioned = [p for p in pairs if p.get("condition") is not None]
+    if not conditioned:
+        raise ValueError("no pair records the class condition it was generated with")
+    asked, shown = np.zeros(num_classes), np.zeros(num_classes)
+    exact = 0
+    for pair in conditioned:
+        label = torch.as_tensor(load({"label": pair["label"]})["label"])
+        present = {int(c) for c in torch.unique(label.long())} - {0}
+        condition = {int(c) for c in pair["condition"]}
+        exact += present == condition
+        for c in condition:
+            asked[c] += 1
+            shown[c] += c in present
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = shown / asked
+    return {"exact": exact / len(conditioned), "recall": recall.tolist(), "num_pairs": len(conditioned)}

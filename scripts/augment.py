@@ -22,7 +22,7 @@ import fire
 from common.stages import profile_files, run_workflow
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
-METHODS = ("augpaint",)
+METHODS = ("augpaint", "gauda")
 
 logger = logging.getLogger("scripts.augment")
 

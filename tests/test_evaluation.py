@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.networks.nets import UNet
+from PIL import Image
 
 from common.controls import make_control_set, paste_on_background
 from common.data import load_splits, pair_transforms, phantom_dataset
-from common.evaluation import LeakageError, check_provenance, load_synthetic_pairs, unet_bottleneck_features
+from common.evaluation import (
+    LeakageError,
+    check_provenance,
+    class_condition_agreement,
+    load_synthetic_pairs,
+    unet_bottleneck_features,
+)
 from common.io import SyntheticDatasetWriter
 from common.regions import keep_mask
+from scripts.evaluate import build_scheme_arms, scheme_config_files, score_summary
 
 
 def _datalist(tmp_path, entries):
@@ -117,3 +127,50 @@ def test_control_set_keeps_source_regions_and_masks(tmp_path):
         assert keep.any()
         assert torch.allclose(made["image"][keep], source["image"][keep], atol=1 / 255)
         assert not torch.allclose(made["image"][~keep], source["image"][~keep], atol=1 / 255)
+
+
+def test_class_condition_agreement_counts_exact_sets_and_recall_per_class(tmp_path):
+    masks = {"a": [[0, 1], [2, 0]], "b": [[0, 1], [1, 0]], "c": [[0, 0], [0, 0]]}
+    for name, mask in masks.items():
+        Image.fromarray(np.array(mask, dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    pairs = [
+        {"label": str(tmp_path / "a.png"), "condition": [1, 2]},  # exact
+        {"label": str(tmp_path / "b.png"), "condition": [1, 2]},  # class 2 missing
+        {"label": str(tmp_path / "c.png"), "condition": [1]},  # class 1 missing
+        {"label": str(tmp_path / "a.png"), "condition": None},  # not conditional: ignored
+    ]
+    agreement = class_condition_agreement(pairs, num_classes=4)
+    assert agreement["num_pairs"] == 3 and agreement["exact"] == pytest.approx(1 / 3)
+    recall = agreement["recall"]
+    assert recall[1] == pytest.approx(2 / 3) and recall[2] == pytest.approx(1 / 2) and np.isnan(recall[3])
+    with pytest.raises(ValueError, match="condition"):
+        class_condition_agreement(pairs[3:], num_classes=4)
+
+
+def test_score_summary_reduces_images_then_classes_then_seeds():
+    nan = float("nan")
+    seed0 = np.array([[0.9, 0.2, 0.4], [0.8, 0.6, nan], [0.7, 0.1, 0.3]])  # (images, classes), background first
+    seed1 = np.array([[0.9, 0.4, 0.6], [0.8, 0.8, 0.2], [0.7, nan, nan]])
+    summary = score_summary([seed0, seed1], ["background", "nerve", "vessel"])
+    # seed 0: class means nerve 0.3, vessel 0.35 -> 0.325; per-image foreground 0.3, 0.6, 0.2 -> mean 0.3667, median 0.3
+    # seed 1: nerve 0.6, vessel 0.4 -> 0.5; per-image 0.5, 0.5, NaN -> mean 0.5, median 0.5
+    assert summary["per_seed_class_mean"] == pytest.approx([0.325, 0.5])
+    assert summary["per_class"]["nerve"]["mean"] == pytest.approx(0.45)
+    assert summary["class_mean"]["mean"] == pytest.approx(0.4125)
+    assert summary["sample_mean"]["mean"] == pytest.approx((1.1 / 3 + 0.5) / 2)
+    assert summary["sample_median"]["mean"] == pytest.approx(0.4)
+    assert summary["class_mean"]["std"] == pytest.approx(np.std([0.325, 0.5], ddof=1))
+
+
+def test_schemes_layer_the_gauda_downstream_configs_and_unknown_ones_are_refused():
+    assert [Path(f).name for f in scheme_config_files("baseline")] == ["train_downstream_baseline.json"]
+    assert [Path(f).name for f in scheme_config_files("as")] == [
+        "train_downstream_baseline.json",
+        "train_downstream_as.json",
+    ]
+    with pytest.raises(ValueError, match="unknown scheme"):
+        scheme_config_files("mixup")
+    with pytest.raises(ValueError, match="needs --generator"):
+        build_scheme_arms(["baseline", "gauda"], [{}], [{}], generator=None, knobs={})
+    with pytest.raises(ValueError, match="validation pairs"):
+        build_scheme_arms(["baseline"], [{}], [], generator=None, knobs={})

@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
 from PIL import Image
 from torch import nn
 from torch.utils.data import WeightedRandomSampler
@@ -22,7 +23,8 @@ from torch.utils.data import WeightedRandomSampler
 from common.augmentation import crop_flip_rotate_augmentation
 from common.data import load_splits
 from common.handlers import AdaptiveSamplingHandler, GAUDAHandler, sample_class_sets, top_k_uncertain_classes
-from common.networks import DeepEnsemble, MemberMeanLoss
+from common.networks import DeepEnsemble, MemberMeanLoss, bayesian_segmenter
+from common.sampling import save_untrained_generator
 
 REPO = Path(__file__).resolve().parents[1]
 SEGMENTATION = str(REPO / "bundles" / "segmentation" / "configs" / "train.json")
@@ -333,21 +335,9 @@ def test_downstream_scheme_trains_a_few_iterations(scheme, tmp_path):
 
 
 def _untrained_generator_checkpoints(ckpt_dir: Path) -> str:
-    """Random-weight checkpoints of the bundle's two autoencoders and joint LDM, as the generator stages write them."""
-    from common.latents import save_latent_scale
-
+    """Random-weight checkpoints of the bundle's two autoencoders and joint LDM; returns the inference config."""
     inference = str(CONFIGS / "inference.json")
-    parser = ConfigParser()
-    parser.read_config(inference)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for definition, name in [
-        ("image_autoencoder_def", "model_image_autoencoder.pt"),
-        ("mask_autoencoder_def", "model_mask_autoencoder.pt"),
-        ("network_def", "model.pt"),
-    ]:
-        torch.save(parser.get_parsed_content(definition).state_dict(), ckpt_dir / name)
-    for part in ("image", "mask"):
-        save_latent_scale(str(ckpt_dir / f"latent_scale_{part}.json"), 1.0)
+    save_untrained_generator(str(ckpt_dir), inference)
     return inference
 
 
@@ -369,3 +359,29 @@ def test_gauda_scheme_runs_with_the_bundle_generator(tmp_path):
     handler = workflow.parser.get_parsed_content("gauda_handler")
     assert handler.pool_images.shape == (2, 1, 64, 64) and handler.replaced_total > 0
     assert float(handler.pool_images.min()) >= 0.0 and float(handler.pool_images.max()) <= 1.0
+
+
+def test_bayesian_segmenter_is_an_ensemble_or_one_dropout_network():
+    def member(dropout: float = 0.0):
+        return lambda: UNet(2, 1, 3, channels=(4, 8), strides=(2,), dropout=dropout)
+
+    ensemble = bayesian_segmenter(member(), "ensemble", num_members=3)
+    assert isinstance(ensemble, DeepEnsemble) and len(ensemble.members) == 3
+    single = bayesian_segmenter(member(0.2), "mc_dropout")
+    assert isinstance(single, UNet)
+    torch.manual_seed(0)
+    images = torch.rand(1, 1, 16, 16)
+    assert not torch.equal(single.train()(images), single(images))  # dropout active in MC passes
+    with pytest.raises(ValueError, match="dropout"):
+        bayesian_segmenter(member(0.0), "mc_dropout")
+    with pytest.raises(ValueError, match="kind"):
+        bayesian_segmenter(member(), "laplace")
+
+
+def test_downstream_baseline_builds_an_mc_dropout_unet_on_request():
+    parser = ConfigParser()
+    parser.read_config(_files("baseline"))
+    parser.update({"bayesian_model": "mc_dropout", "channels": [4, 8, 16, 32]})
+    network = parser.get_parsed_content("network_def")
+    assert not isinstance(network, DeepEnsemble)
+    assert any(isinstance(m, nn.Dropout) and m.p == pytest.approx(0.2) for m in network.modules())

@@ -138,7 +138,8 @@ class GAUDAHandler:
         self.num_refreshes = 0
         self.replaced_since_refresh = 0
         self.replaced_total = 0
-        self.synthesis_seconds = 0.0
+        self.synthesis_seconds = 0.0  # wall time of the last refresh's synthesis
+        self.synthesis_seconds_total = 0.0  # summed over every refresh (the generator's share of a training run)
 
     def attach(self, engine: Engine) -> None:
         """Replace samples at every iteration start; refresh the pool every ``interval`` epochs."""
@@ -249,6 +250,7 @@ class GAUDAHandler:
         start = time.perf_counter()
         self.synthesise(self.class_sets_for(self.chosen_classes), self.chosen_classes)
         self.synthesis_seconds = time.perf_counter() - start
+        self.synthesis_seconds_total += self.synthesis_seconds
         self.num_refreshes += 1
         self.logger.info(f"GAUDA: synthesised {self.num_synthetic} pairs in {self.synthesis_seconds:.1f} s")
         if self.summary_writer is not None:

@@ -1,5 +1,5 @@
-"""Networks MONAI lacks: a deep ensemble of segmenters as one module."""
+"""Networks MONAI lacks: a deep ensemble of segmenters as one module, and the choice between it and MC dropout."""
 
-from common.networks.ensemble import DeepEnsemble, MemberMeanLoss
+from common.networks.ensemble import BAYESIAN_MODELS, DeepEnsemble, MemberMeanLoss, bayesian_segmenter
 
-__all__ = ["DeepEnsemble", "MemberMeanLoss"]
+__all__ = ["BAYESIAN_MODELS", "DeepEnsemble", "MemberMeanLoss", "bayesian_segmenter"]

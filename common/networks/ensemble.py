@@ -20,7 +20,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["DeepEnsemble", "MemberMeanLoss"]
+__all__ = ["BAYESIAN_MODELS", "DeepEnsemble", "MemberMeanLoss", "bayesian_segmenter"]
+
+BAYESIAN_MODELS = ("ensemble", "mc_dropout")
 
 
 class DeepEnsemble(nn.Module):
@@ -64,3 +66,18 @@ class MemberMeanLoss(nn.Module):
                 f"got {tuple(prediction.shape)}"
             )
         return torch.stack([self.loss(member, target) for member in prediction]).mean()
+
+
+def bayesian_segmenter(
+    member_factory: Callable[[], nn.Module], kind: str = "ensemble", num_members: int = 3
+) -> nn.Module:
+    """GAUDA's Bayesian downstream model (sec. 3.2): a :class:`DeepEnsemble` of ``num_members`` networks, or one
+    network whose dropout layers give MC-dropout samples (``kind="mc_dropout"``; M times cheaper to train)."""
+    if kind not in BAYESIAN_MODELS:
+        raise ValueError(f"kind must be one of {BAYESIAN_MODELS}, got {kind!r}")
+    if kind == "ensemble":
+        return DeepEnsemble(member_factory, num_members)
+    network = member_factory()
+    if not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in network.modules()):
+        raise ValueError("an MC-dropout segmenter needs dropout layers with p > 0 (set the network's dropout)")
+    return network

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .classifier_free import ClassifierFreeGuidanceSampler, guided_output
-from .joint_sampler import JointLatentSampler, load_joint_sampler
+from .joint_sampler import JointLatentSampler, load_joint_sampler, save_untrained_generator
 from .latent_inpainting import LatentInpaintingSampler
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "LatentInpaintingSampler",
     "guided_output",
     "load_joint_sampler",
+    "save_untrained_generator",
 ]

@@ -7,11 +7,13 @@ conditioned on the multi-hot vector of ``class_sets[i]`` and drawn from ``seeds[
 (:class:`common.sampling.classifier_free.ClassifierFreeGuidanceSampler`), split, unscaled and decoded; the image is
 clamped to [0, 1] and the label is the argmax over the mask decoder's K channels.
 
-:func:`load_joint_sampler` builds it from the bundle's ``inference.json`` (id ``joint_sampler``).
+:func:`load_joint_sampler` builds it from the bundle's ``inference.json`` (id ``joint_sampler``);
+:func:`save_untrained_generator` writes random-weight checkpoints it can load (for speed benchmarks and tests).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +22,10 @@ from monai.bundle import ConfigParser
 from torch import nn
 
 from common.joint_latents import class_condition, split_joint_latent
+from common.latents import save_latent_scale
 from common.sampling.classifier_free import ClassifierFreeGuidanceSampler
 
-__all__ = ["JointLatentSampler", "load_joint_sampler"]
+__all__ = ["JointLatentSampler", "load_joint_sampler", "save_untrained_generator"]
 
 
 class JointLatentSampler:
@@ -103,3 +106,22 @@ def load_joint_sampler(
         updates["device"] = torch.device(updates["device"])
     parser.update({**updates, **overrides})
     return parser.get_parsed_content("joint_sampler")
+
+
+def save_untrained_generator(ckpt_dir: str, config_file: str = "bundles/gauda/configs/inference.json") -> str:
+    """Random-weight checkpoints of the config's two autoencoders and joint LDM, named as the generator stages write
+    them (``model_image_autoencoder.pt``, ``model_mask_autoencoder.pt``, ``model.pt``, latent scales 1.0), so
+    :func:`load_joint_sampler` can load them from ``ckpt_dir``; returns ``ckpt_dir``. Speed does not depend on the
+    weights, so benchmarks and tests need no trained generator."""
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    os.makedirs(ckpt_dir, exist_ok=True)
+    for definition, name in [
+        ("image_autoencoder_def", "model_image_autoencoder.pt"),
+        ("mask_autoencoder_def", "model_mask_autoencoder.pt"),
+        ("network_def", "model.pt"),
+    ]:
+        torch.save(parser.get_parsed_content(definition).state_dict(), os.path.join(ckpt_dir, name))
+    for part in ("image", "mask"):
+        save_latent_scale(os.path.join(ckpt_dir, f"latent_scale_{part}.json"), 1.0)
+    return str(ckpt_dir)
