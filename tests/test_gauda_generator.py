@@ -14,6 +14,7 @@ from monai.data import DataLoader, Dataset, load_decathlon_datalist
 from monai.engines import SupervisedTrainer
 from monai.inferers import DiffusionInferer
 from monai.losses import PatchAdversarialLoss
+from monai.metrics import DiceMetric
 from monai.networks.nets import VQVAE, DiffusionModelUNet, PatchDiscriminator
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from monai.utils import set_determinism
@@ -353,6 +354,36 @@ def test_training_configs_wire_the_stage_parts(tmp_path):
     ddpm = parse(INFERENCE, sampler="ddpm")
     assert isinstance(ddpm.get_parsed_content("scheduler"), DDPMScheduler)
     assert ddpm.get_parsed_content("num_inference_steps") == 1000
+
+
+@pytest.mark.parametrize("mask_stage", [False, True], ids=["image", "mask"])
+def test_autoencoder_stage_reports_the_reconstruction_of_its_final_network(tmp_path, single_torch_thread, mask_stage):
+    """The stage's check scores the saved network on the first training pairs: PSNR for images, foreground Dice of
+    the argmax for masks, equal to the same score computed by hand from the checkpoint."""
+    files = [str(AUTOENCODER)] + ([str(MASK_AUTOENCODER)] if mask_stage else [])
+    overrides = {**TINY, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    workflow = run_workflow(files, **overrides, autoencoder_val_pairs=4)
+    metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
+    name = "mask" if mask_stage else "image"
+    autoencoder = workflow.parser.get_parsed_content(f"{name}_autoencoder_def")
+    autoencoder.load_state_dict(torch.load(tmp_path / "models" / f"model_{name}_autoencoder.pt"))
+    pairs = load_splits(None, seed=0, num_labelled=TINY["num_labelled"])["train"][:4]
+    num_classes = len(read_class_names(None))
+    batch = next(iter(DataLoader(Dataset(pairs, one_hot_pair_transforms(64, num_classes)), batch_size=4)))
+    key = "label" if mask_stage else "image"
+    with torch.no_grad():
+        reconstruction = autoencoder.eval()(batch[key])[0]
+    if mask_stage:
+        predicted = torch.nn.functional.one_hot(reconstruction.argmax(1), num_classes).permute(0, 3, 1, 2)
+        expected = DiceMetric(include_background=False, ignore_empty=True)(predicted, batch["label"]).nanmean()
+        assert set(metrics) == {"val_mean_dice", "val_mean_iou"}
+        assert metrics["val_mean_dice"] == pytest.approx(float(expected), abs=1e-5)
+    else:
+        mse = ((reconstruction - batch["image"]) ** 2).flatten(1).mean(1)
+        expected = (10 * torch.log10(1.0 / mse)).mean()
+        assert set(metrics) == {"val_psnr", "val_mse"}
+        assert metrics["val_psnr"] == pytest.approx(float(expected), abs=1e-3)
+        assert metrics["val_mse"] == pytest.approx(float(mse.mean()), rel=1e-4)
 
 
 def test_train_json_lists_the_three_stages_and_paper_profile_layers():
