@@ -60,6 +60,15 @@ def top_k_uncertain_classes(uncertainty: torch.Tensor, k: int) -> list[int]:
     return sorted(candidates, key=lambda c: (-float(scores[c]), c))[:k]
 
 
+def _check_generator_output(images: torch.Tensor, labels: torch.Tensor, num_pairs: int) -> None:
+    """The generator must give ``num_pairs`` images ``(B, 1, H, W)`` and labels of the same shape."""
+    if images.ndim != 4 or images.shape[:2] != (num_pairs, 1) or labels.shape != images.shape:
+        raise ValueError(
+            f"the generator must return (B, 1, H, W) images and labels for {num_pairs} class sets, got "
+            f"{tuple(images.shape)} and {tuple(labels.shape)}"
+        )
+
+
 class GAUDAHandler:
     """Uncertainty-guided online synthesis and replacement of training samples (see the module docstring).
 
@@ -199,20 +208,7 @@ class GAUDAHandler:
             chunk = class_sets[first : first + self.synthesis_batch_size]
             seeds = list(range(start + first, start + first + len(chunk)))
             batch_images, batch_labels = self.generator(chunk, seeds)
-            if (
-                batch_images.ndim != 4
-                or batch_images.shape[0] != len(chunk)
-                or batch_labels.shape
-                != (
-                    batch_images.shape[0],
-                    1,
-                    *batch_images.shape[2:],
-                )
-            ):
-                raise ValueError(
-                    f"the generator must return (B, 1, H, W) images and labels for {len(chunk)} class sets, got "
-                    f"{tuple(batch_images.shape)} and {tuple(batch_labels.shape)}"
-                )
+            _check_generator_output(batch_images, batch_labels, len(chunk))
             images.append(batch_images.detach().float().cpu())
             labels.append(batch_labels.detach().float().cpu())
         self.pool_images, self.pool_labels = torch.cat(images), torch.cat(labels)
@@ -267,6 +263,11 @@ class GAUDAHandler:
         self.observed_class_sets.update(tuple(c for c in row if c > 0) for row in present)
         if self.pool_images is None or self.pool_labels is None:
             return
+        if self.pool_images.shape[1:] != batch[self.image_key].shape[1:]:
+            raise ValueError(
+                f"synthetic images {tuple(self.pool_images.shape[1:])} do not match the training batch "
+                f"{tuple(batch[self.image_key].shape[1:])}"
+            )
         images = batch[self.image_key].clone()
         new_labels = batch[self.label_key].clone()
         replaced = 0
@@ -277,11 +278,6 @@ class GAUDAHandler:
             target = eligible[int(torch.randint(len(eligible), (1,), generator=self.random))]
             candidates = self.pool_by_class[target]
             j = candidates[int(torch.randint(len(candidates), (1,), generator=self.random))]
-            if self.pool_images.shape[1:] != images.shape[1:]:
-                raise ValueError(
-                    f"synthetic images {tuple(self.pool_images.shape[1:])} do not match the training batch "
-                    f"{tuple(images.shape[1:])}"
-                )
             images[i] = self.pool_images[j].to(images.device, images.dtype)
             new_labels[i] = self.pool_labels[j].to(new_labels.device, new_labels.dtype)
             replaced += 1
