@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -451,3 +454,31 @@ def test_train_stages_and_inference_end_to_end(tmp_path):
     images, labels = sampler([[1, 4], [2]], [0, 1])
     assert images.shape == labels.shape == (2, 1, 64, 64)
     assert sampler.sampler.num_inference_steps == 2 and sampler.image_scale == pytest.approx(scales[0])
+
+
+@pytest.mark.slow
+def test_multi_gpu_configs_train_the_mask_autoencoder_and_the_ldm_with_two_cpu_processes(tmp_path):
+    """torchrun with 2 processes on CPU (gloo): the mask autoencoder (its reconstruction check runs on every rank)
+    and the joint LDM, DDP-wrapped, on a single-process image autoencoder; the checkpoints load and sample."""
+    overrides = {**TINY, "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    run_workflow([str(AUTOENCODER)], **overrides)
+    arguments = [arg for key, value in overrides.items() for arg in (f"--{key}", json.dumps(value))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    multi_gpu_autoencoder = CONFIGS / "multi_gpu_train_autoencoder.json"
+    logs = []
+    for files in (
+        [AUTOENCODER, MASK_AUTOENCODER, multi_gpu_autoencoder],
+        [AUTOENCODER, DIFFUSION, multi_gpu_autoencoder, CONFIGS / "multi_gpu_train_diffusion.json"],
+    ):
+        config_file = json.dumps([str(f) for f in files])
+        command = [*torchrun, "-m", "monai.bundle", "run", "--config_file", config_file, *arguments]
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr[-3000:]
+        logs.append(result.stdout + result.stderr)
+    assert "val_mean_dice" in logs[0]  # the reconstruction check ran and rank 0 reported it
+    sampler = load_joint_sampler(
+        str(INFERENCE), ckpt_dir=str(tmp_path / "models"), device="cpu", num_inference_steps=2, **NETWORKS
+    )
+    images, labels = sampler([[1], [2]], [0, 1])
+    assert images.shape == labels.shape == (2, 1, 64, 64)
