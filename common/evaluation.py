@@ -17,10 +17,9 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.networks.layers import SkipConnection
-from monai.transforms import Compose
 
 from common import augmentation
-from common.data import pair_transforms
+from common.data import chain_transforms, pair_transforms
 from common.metrics import extract_features, frechet_distance, kernel_inception_distance, per_class_scores
 from common.networks import DeepEnsemble
 from common.stages import run_workflow
@@ -97,7 +96,7 @@ def train_segmenter(
     (default: once, at the end) and saves the best one by validation Dice.
     """
     if classic_augmentation:
-        overrides["train#preprocessing"] = Compose(
+        overrides["train#preprocessing"] = chain_transforms(
             [pair_transforms(image_size, augment=True), augmentation.classic_augmentation()]
         )
     overrides.setdefault("bundle_root", os.path.dirname(os.path.dirname(SEGMENTATION_CONFIG)))

@@ -22,7 +22,7 @@ from monai.transforms import AsDiscreted, Compose
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from common.data import pair_transforms
+from common.data import chain_transforms, pair_transforms
 from common.latents import encode_dataset
 
 __all__ = [
@@ -40,7 +40,7 @@ def one_hot_pair_transforms(
 ) -> Compose:
     """:func:`common.data.pair_transforms` with the label as a one-hot float mask (K, H, W), the mask autoencoder's
     input; ``augment`` moves image and mask alike."""
-    return Compose(
+    return chain_transforms(
         [
             pair_transforms(image_size, augment=augment, class_map=class_map),
             AsDiscreted(keys="label", to_onehot=num_classes),

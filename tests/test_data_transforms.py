@@ -9,10 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.transforms import Compose, OneOf, RandFlipd
 from PIL import Image
 
-from common.data import load_splits, pair_transforms, phantom_dataset
+from common.data import chain_transforms, load_splits, pair_transforms, phantom_dataset
 
 USGRA = Path(__file__).parents[2] / "shared/data/usgra_nerve_vessel"
 
@@ -161,3 +162,18 @@ def test_usgra_pairs_load_as_pil_shows_them():
     small = pair_transforms(64)(entry)
     assert small["image"].shape == small["label"].shape == (1, 64, 64)
     assert set(small["label"].unique().tolist()) <= {0, 1, 2}
+
+
+def test_chained_transforms_are_cached_up_to_the_first_random_one(tmp_path):
+    """A nested Compose counts as random for CacheDataset; chained, the loaded and resized pair is cached and the
+    augmentation after it (a OneOf kept whole) still runs at every draw."""
+    pairs = load_splits(phantom_dataset(root=str(tmp_path), num_images=6), seed=0)["train"][:2]
+    flip = OneOf([RandFlipd(["image", "label"], prob=1.0, spatial_axis=1)])  # random by type, always flips
+    nested = CacheDataset(pairs, Compose([pair_transforms(32), flip]), progress=False)
+    chained = CacheDataset(pairs, chain_transforms([pair_transforms(32), flip]), progress=False)
+    assert isinstance(nested._cache[0]["image"], str)  # nothing cached: every draw reads and resizes the file
+    assert chained._cache[0]["image"].shape == chained._cache[0]["label"].shape == (1, 32, 32)
+    assert type(chained.transform.transforms[-1]) is OneOf
+    loaded = pair_transforms(32)(dict(pairs[0]))
+    for key in ("image", "label"):
+        assert torch.equal(torch.as_tensor(chained[0][key]), torch.as_tensor(loaded[key]).flip(-1))

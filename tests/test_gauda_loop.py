@@ -292,6 +292,9 @@ def test_downstream_configs_parse(scheme):
         assert parser["train#handlers"][-1] == "@gauda_handler"
     if scheme == "as":
         assert parser["validate#handlers"][-1] == "@adaptive_sampling"
+    parser["num_labelled"] = 4
+    cached = parser.get_parsed_content("train#dataset")._cache  # loaded and resized once, augmented at every draw
+    assert len(cached) == 3 and all(item["image"].shape == item["label"].shape == (1, 64, 64) for item in cached)
 
 
 def _tiny_run(tmp_path) -> dict:

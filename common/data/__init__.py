@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from common.data.pairs import find_pairs, load_splits, read_class_names, read_datalist, resolve_dataset
 from common.data.phantom import PHANTOM_CLASSES, phantom_dataset, render_phantom
-from common.data.transforms import pair_transforms
+from common.data.transforms import chain_transforms, pair_transforms
 from common.data.validation import DataValidationError, validate_pairs
 
 __all__ = [
     "PHANTOM_CLASSES",
     "DataValidationError",
+    "chain_transforms",
     "find_pairs",
     "load_splits",
     "pair_transforms",

@@ -6,7 +6,7 @@ class indices -> resize -> optional flips and light affine (one random draw for 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from monai.transforms import (
 
 from common.data.readers import make_loader
 
-__all__ = ["RGB_TO_GREY", "ScaleToUnitd", "ToGreyd", "normalise_class_map", "pair_transforms"]
+__all__ = ["RGB_TO_GREY", "ScaleToUnitd", "ToGreyd", "chain_transforms", "normalise_class_map", "pair_transforms"]
 
 RGB_TO_GREY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, the weights of PIL's convert("L")
 
@@ -187,6 +187,16 @@ def pair_transforms(
         )
     xforms.append(EnsureTyped(keys, dtype=torch.float32))
     return Compose(xforms)
+
+
+def chain_transforms(transforms: Sequence[Callable]) -> Compose:
+    """``transforms`` in order as one flat ``Compose`` (nested ``Compose`` inlined).
+
+    ``CacheDataset`` caches the output of every transform before the first random one, and a nested ``Compose``
+    counts as random: chaining the pair loader and an augmentation as ``Compose([pair_transforms(...), aug])`` would
+    cache nothing and read and resize every file at every iteration.
+    """
+    return Compose(list(transforms)).flatten()
 
 
 def _height_width(image_size: int | Sequence[int]) -> tuple[int, int]:
