@@ -1,20 +1,43 @@
-"""Filters that decide which synthetic pairs to keep.
+"""Filters that decide which synthetic pairs to keep: the scores, the decisions, and the pipeline's filters.
 
 - AugPaint (Hu & Shi): a segmenter trained on the labelled data scores each synthetic image by its confidence in the
   labelled area (:func:`confidence_scores`); the top fraction is kept (:func:`keep_top_fraction`).
+  :class:`ConfidenceFilter` does both on a generation run.
 - DiffuseExpand (Shao et al., stage IV): a well-trained segmenter's Dice loss on the pair keeps it, relabels it with
-  the segmenter's prediction or drops it (:func:`dice_keep_relabel_drop`).
+  the segmenter's prediction or drops it (:func:`dice_keep_relabel_drop`); :class:`DiceFilter` on a run.
+
+The filters of a run (:class:`common.generation.GenerationRun`) score the pairs as written to disk, so what is kept is
+judged on exactly what a user trains on. Scores go to the datalist (``score``), decisions to ``status`` or ``dropped``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from monai.losses import DiceLoss
+from monai.utils import convert_to_tensor
+from torch import nn
 
-__all__ = ["KEPT", "RELABELLED", "DROPPED", "confidence_scores", "keep_top_fraction", "dice_keep_relabel_drop"]
+from common.data import pair_transforms
+from common.io import SyntheticDatasetWriter
+
+__all__ = [
+    "DROPPED",
+    "KEPT",
+    "RELABELLED",
+    "ConfidenceFilter",
+    "DiceFilter",
+    "confidence_scores",
+    "dice_keep_relabel_drop",
+    "keep_top_fraction",
+    "predict_written_pairs",
+]
+
+logger = logging.getLogger(__name__)
 
 KEPT, RELABELLED, DROPPED = "kept", "relabelled", "dropped"
 
@@ -88,3 +111,122 @@ def dice_keep_relabel_drop(dice_loss: torch.Tensor | Sequence[float], eta: float
     losses = torch.as_tensor(dice_loss, dtype=torch.float64).detach().cpu().flatten().numpy()
     decisions = np.select([losses < eta, losses < 2 * eta], [KEPT, RELABELLED], default=DROPPED)
     return decisions.tolist()
+
+
+@torch.no_grad()
+def predict_written_pairs(
+    writer: SyntheticDatasetWriter,
+    names: Sequence[str],
+    segmenter: nn.Module,
+    image_size: int | Sequence[int],
+    batch_size: int = 16,
+) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+    """The segmenter's softmax probabilities on written pairs, batch by batch: ``(names, labels, probabilities)``
+    with the labels (B, 1, H, W) as written, both on the segmenter's device."""
+    device = next(segmenter.parameters()).device
+    load = pair_transforms(image_size)
+    paths = {pair["name"]: pair for pair in writer.pairs()}
+    segmenter.eval()
+    for start in range(0, len(names), batch_size):
+        batch = list(names[start : start + batch_size])
+        items = [load({"image": paths[name]["image"], "label": paths[name]["label"]}) for name in batch]
+        images = torch.stack([convert_to_tensor(item["image"], track_meta=False) for item in items]).to(device)
+        labels = torch.stack([convert_to_tensor(item["label"], track_meta=False) for item in items]).to(device)
+        yield batch, labels.long(), torch.softmax(segmenter(images), dim=1)
+
+
+class ConfidenceFilter:
+    """AugPaint's filter: score every pair by :func:`confidence_scores` and keep the top ``keep_fraction`` of the
+    planned pairs (a run interrupted while removing resumes with the same kept set, since the pairs removed first
+    were outside it).
+
+    Args:
+        segmenter: network giving class logits (B, C, H, W), trained on the labelled pairs.
+        keep_fraction: fraction of the planned pairs kept (the paper: 0.5).
+        image_size: size pairs are scored at (the segmenter's input size).
+        batch_size: pairs scored together.
+    """
+
+    def __init__(
+        self,
+        segmenter: nn.Module,
+        keep_fraction: float = 0.5,
+        image_size: int | Sequence[int] = 64,
+        batch_size: int = 16,
+    ) -> None:
+        if not 0.0 < keep_fraction <= 1.0:
+            raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+        self.segmenter = segmenter
+        self.keep_fraction = keep_fraction
+        self.image_size = image_size
+        self.batch_size = batch_size
+
+    def apply(self, writer: SyntheticDatasetWriter, names: Sequence[str], planned: int) -> None:
+        scores = []
+        for batch, labels, probabilities in predict_written_pairs(
+            writer, names, self.segmenter, self.image_size, self.batch_size
+        ):
+            batch_scores = confidence_scores(probabilities, labels).cpu()
+            for name, value in zip(batch, batch_scores.tolist(), strict=True):
+                writer.set_score(name, value)
+            scores.append(batch_scores)
+        num_kept = len(keep_top_fraction(torch.zeros(planned), self.keep_fraction)[0])
+        kept, dropped = keep_top_fraction(torch.cat(scores), min(1.0, num_kept / len(names))) if names else ([], [])
+        for index in dropped:
+            writer.remove(names[index])
+        logger.info(
+            f"confidence filter kept {len(kept)} pairs (top {self.keep_fraction:.0%}), {writer.dropped} dropped in all"
+        )
+
+
+class DiceFilter:
+    """DiffuseExpand's stage IV: the segmenter's Dice loss (MONAI ``DiceLoss`` on its softmax against the pair's
+    mask) keeps a pair below ``eta``, relabels it with the segmenter's prediction below ``2 eta`` and drops it
+    otherwise (:func:`dice_keep_relabel_drop`); the loss is the pair's ``score``. A pair relabelled by an interrupted
+    run keeps its decision.
+
+    Args:
+        segmenter: a well-trained segmenter of the real pairs.
+        eta: the keep threshold (the paper: 0.065).
+        include_background: whether the background class enters the Dice loss.
+        image_size, batch_size: as :class:`ConfidenceFilter`.
+    """
+
+    def __init__(
+        self,
+        segmenter: nn.Module,
+        eta: float = 0.065,
+        include_background: bool = False,
+        image_size: int | Sequence[int] = 64,
+        batch_size: int = 16,
+    ) -> None:
+        if eta <= 0:
+            raise ValueError(f"eta must be positive, got {eta}")
+        self.segmenter = segmenter
+        self.eta = eta
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.dice_loss = DiceLoss(
+            include_background=include_background, to_onehot_y=True, softmax=False, reduction="none"
+        )
+
+    def apply(self, writer: SyntheticDatasetWriter, names: Sequence[str], planned: int) -> None:
+        undecided = [name for name in names if writer.entry(name)["status"] != RELABELLED]
+        counts = {KEPT: 0, RELABELLED: 0, DROPPED: 0}
+        for batch, labels, probabilities in predict_written_pairs(
+            writer, undecided, self.segmenter, self.image_size, self.batch_size
+        ):
+            losses = self.dice_loss(probabilities, labels).flatten(1).mean(dim=1).cpu()
+            predictions = probabilities.argmax(dim=1, keepdim=True).cpu()
+            for index, (name, decision) in enumerate(zip(batch, dice_keep_relabel_drop(losses, self.eta), strict=True)):
+                counts[decision] += 1
+                if decision == DROPPED:
+                    writer.remove(name)
+                    continue
+                writer.set_score(name, float(losses[index]))
+                if decision == RELABELLED:
+                    writer.relabel(name, predictions[index])
+        logger.info(
+            f"Dice filter (eta {self.eta}): {counts[KEPT]} kept, {counts[RELABELLED]} relabelled, "
+            f"{counts[DROPPED]} dropped of {len(undecided)} scored"
+        )

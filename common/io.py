@@ -20,15 +20,16 @@ import logging
 import math
 import os
 import re
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from common.data.readers import image_file_stem
+from common.files import atomic_files, json_ready, remove_stale_temporaries, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ IMAGE_FORMATS = {"png": ".png", "nii.gz": ".nii.gz"}
 STATUSES = ("kept", "relabelled")
 DATALIST_NAME = "datalist.json"
 JOURNAL_NAME = ".datalist.journal.jsonl"
-TEMP_PREFIX = ".tmp-"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # distinct, bright colours (background black) so small structures stay visible in overlays and palette masks
@@ -108,7 +108,7 @@ class SyntheticDatasetWriter:
             raise ValueError(f"image_format must be one of {sorted(IMAGE_FORMATS)}, got '{image_format}'")
         self.output_dir = os.path.abspath(output_dir)
         self.method = method
-        self.config = _json_ready(dict(config or {}))
+        self.config = json_ready(dict(config or {}))
         self.image_format = image_format
         self.datalist_path = os.path.join(self.output_dir, DATALIST_NAME)
         self.journal_path = os.path.join(self.output_dir, JOURNAL_NAME)
@@ -117,7 +117,7 @@ class SyntheticDatasetWriter:
         self._created: str | None = None
         for folder in ("images", "masks"):
             os.makedirs(os.path.join(self.output_dir, folder), exist_ok=True)
-            _remove_stale_temporaries(os.path.join(self.output_dir, folder))
+            remove_stale_temporaries(os.path.join(self.output_dir, folder))
         self._load_datalist()
         self._replay_journal()
         if self._entries or self._dropped:
@@ -210,7 +210,7 @@ class SyntheticDatasetWriter:
             "status": status,
         }
         image_path, label_path = self._paths(entry)
-        with _atomic_files(image_path, label_path) as (image_temp, label_temp):
+        with atomic_files(image_path, label_path) as (image_temp, label_temp):
             self._save_image(image_array, image_temp)
             self._save_label(label_array, label_temp)
         self._record({"op": "write", "name": name, "entry": entry})
@@ -221,7 +221,7 @@ class SyntheticDatasetWriter:
         entry = dict(self._entry(name))
         label_array = _label_array(label, name)
         _, label_path = self._paths(entry)
-        with _atomic_files(label_path) as (label_temp,):
+        with atomic_files(label_path) as (label_temp,):
             self._save_label(label_array, label_temp)
         entry["status"] = "relabelled"
         self._record({"op": "write", "name": name, "entry": entry})
@@ -275,9 +275,7 @@ class SyntheticDatasetWriter:
             "training": list(self._entries.values()),
             "dropped": self._dropped,
         }
-        with _atomic_files(self.datalist_path) as (temp,), open(temp, "w") as f:
-            json.dump(datalist, f, indent=2)
-            f.write("\n")
+        write_json(self.datalist_path, datalist)
         if os.path.exists(self.journal_path):
             os.remove(self.journal_path)
         logger.info(f"{self.datalist_path}: {len(self._entries)} pairs, {self._dropped} dropped")
@@ -352,7 +350,7 @@ class SyntheticDatasetWriter:
         self._created = datalist.get("created")
         self._dropped = int(datalist.get("dropped", 0))
         for entry in entries:
-            self._entries[_stem(entry["image"])] = dict(entry)
+            self._entries[image_file_stem(entry["image"])] = dict(entry)
 
     def _check_same_run(self, record: Mapping[str, Any], source: str) -> None:
         same_config = json.dumps(record.get("config"), sort_keys=True) == json.dumps(self.config, sort_keys=True)
@@ -425,40 +423,12 @@ def write_contact_sheet(
     for index, cell in enumerate(cells):
         top, left = gap + (index // columns) * (height + gap), gap + (index % columns) * (width + gap)
         sheet[top : top + height, left : left + width] = cell
-    with _atomic_files(path) as (temp,):
+    with atomic_files(path) as (temp,):
         Image.fromarray(np.round(sheet).clip(0, 255).astype(np.uint8)).save(temp, format="PNG")
     return path
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _atomic_files(*paths: str) -> Iterator[tuple[str, ...]]:
-    """Temporary names for ``paths`` in their own folders; on success they are fsynced and renamed over ``paths``,
-    on an exception they are deleted, so a final name only ever holds a complete file."""
-    temps = tuple(
-        os.path.join(os.path.dirname(p) or ".", f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{os.path.basename(p)}")
-        for p in paths
-    )
-    try:
-        yield temps
-        for temp in temps:
-            with open(temp, "r+b") as f:
-                os.fsync(f.fileno())
-        for temp, path in zip(temps, paths, strict=True):
-            os.replace(temp, path)
-    finally:
-        for temp in temps:
-            if os.path.exists(temp):
-                os.remove(temp)
-
-
-def _remove_stale_temporaries(folder: str) -> None:
-    """Delete temporary files a killed run left behind (an exception never leaves any)."""
-    for file_name in os.listdir(folder):
-        if file_name.startswith(TEMP_PREFIX):
-            os.remove(os.path.join(folder, file_name))
 
 
 def _as_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -513,21 +483,8 @@ def _score_value(score: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _json_ready(value: Any) -> Any:
-    """The value as it reads back from JSON (tuples become lists, unknown objects their ``str``)."""
-    return json.loads(json.dumps(value, default=str))
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _stem(path: str) -> str:
-    base = os.path.basename(path)
-    for extension in sorted(IMAGE_FORMATS.values(), key=len, reverse=True):
-        if base.endswith(extension):
-            return base[: -len(extension)]
-    return os.path.splitext(base)[0]
 
 
 def _save_nifti(array: np.ndarray, path: str) -> None:

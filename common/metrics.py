@@ -1,13 +1,13 @@
 """Metrics of the evaluation protocol: per-class segmentation scores, seed statistics, and image-quality distances.
 
 Segmentation (DESIGN "Evaluation protocol"): per-class Dice and IoU per image from MONAI's ``DiceMetric`` and
-``MeanIoU`` (:func:`per_class_scores`, :class:`ScoreTable`); mean +- std over seeds (:func:`summarise_seeds`) and the
-paired difference to real-only with a Student-t interval (:func:`paired_difference`; a gain only when the interval
+``MeanIoU`` (:func:`per_class_scores`); mean +- std over seeds (:func:`summarise_seeds`) and the paired difference of
+two arms with a Student-t interval (:func:`paired_difference`, scipy's t quantile; a gain only when the interval
 excludes zero); Markdown tables for reports (:func:`markdown_table`).
 
 Image quality on a pluggable feature extractor (:func:`extract_features`, by default the encoder of a segmenter
-trained on real data, no download): Frechet distance (FID) and kernel inception distance (KID) between feature sets,
-and MS-SSIM between images.
+trained on real data, no download): the kernel inception distance (KID, polynomial kernel; MONAI's ``MMDMetric`` is
+linear) between feature sets (FID is MONAI's ``FIDMetric``), and MS-SSIM between images.
 """
 
 from __future__ import annotations
@@ -21,19 +21,16 @@ import torch
 from monai.metrics import DiceMetric, MeanIoU, MultiScaleSSIMMetric
 from monai.networks.utils import one_hot
 from monai.utils import convert_to_tensor
+from scipy import stats
 from torch import nn
 
 __all__ = [
     "per_class_scores",
-    "summarise_scores",
-    "ScoreTable",
-    "student_t_quantile",
     "PairedDifference",
     "paired_difference",
     "SeedSummary",
     "summarise_seeds",
     "markdown_table",
-    "frechet_distance",
     "kernel_inception_distance",
     "ms_ssim",
     "extract_features",
@@ -81,111 +78,7 @@ def per_class_scores(pred: torch.Tensor, label: torch.Tensor, num_classes: int) 
     return {"dice": dice.float().masked_fill(absent, torch.nan), "iou": iou.float().masked_fill(absent, torch.nan)}
 
 
-def summarise_scores(scores: torch.Tensor, class_names: Sequence[str] | None = None) -> dict[str, float]:
-    """Per-class means over images and their mean over foreground classes, from per-image scores ``(N, C)``.
-
-    NaN entries (class absent from both prediction and label) are left out of a class's mean; a class that is NaN in
-    every image has a NaN mean and is left out of ``"mean_foreground"``, the unweighted mean of the foreground classes
-    (index >= 1). Keys: the class names (default ``"class_<i>"``), then ``"mean_foreground"``.
-    """
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be (num_images, num_classes), got shape {tuple(scores.shape)}")
-    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(scores.shape[1])]
-    if len(names) != scores.shape[1]:
-        raise ValueError(f"{len(names)} class names for {scores.shape[1]} classes")
-    per_class = torch.nanmean(scores.double(), dim=0)
-    summary = {name: float(value) for name, value in zip(names, per_class, strict=True)}
-    summary["mean_foreground"] = float(torch.nanmean(per_class[1:], dim=0))
-    return summary
-
-
-class ScoreTable:
-    """Collects per-image Dice and IoU over batches and summarises them per class.
-
-    Example::
-
-        table = ScoreTable(num_classes=3, class_names=["background", "nerve", "vessel"])
-        for batch in loader:
-            table.add(network(batch["image"]).argmax(1, keepdim=True), batch["label"])
-        table.summary()  # {"dice": {"background": ..., "nerve": ..., "vessel": ..., "mean_foreground": ...}, ...}
-    """
-
-    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else None
-        self._batches: dict[str, list[torch.Tensor]] = {"dice": [], "iou": []}
-
-    def add(self, pred: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Score one batch (see :func:`per_class_scores`) and keep its per-image scores; returns them."""
-        scores = per_class_scores(pred, label, self.num_classes)
-        for metric, values in scores.items():
-            self._batches[metric].append(values.detach().cpu())
-        return scores
-
-    def __len__(self) -> int:
-        return sum(len(batch) for batch in self._batches["dice"])
-
-    def per_image(self, metric: str = "dice") -> torch.Tensor:
-        """All per-image scores of ``metric`` ("dice" or "iou"), ``(N, C)``."""
-        if metric not in self._batches:
-            raise ValueError(f"unknown metric '{metric}'; choose one of {sorted(self._batches)}")
-        if not self._batches[metric]:
-            return torch.empty(0, self.num_classes)
-        return torch.cat(self._batches[metric])
-
-    def summary(self) -> dict[str, Any]:
-        """``{"dice": {...}, "iou": {...}, "num_images": N}`` with :func:`summarise_scores` for each metric."""
-        if len(self) == 0:
-            raise ValueError("no images were added: call add() before summary()")
-        result: dict[str, Any] = {m: summarise_scores(self.per_image(m), self.class_names) for m in self._batches}
-        result["num_images"] = len(self)
-        return result
-
-
 # --- statistics over seeds -----------------------------------------------------------------------------------------
-
-
-def student_t_quantile(probability: float, df: int) -> float:
-    """The ``probability`` quantile of Student's t distribution with ``df`` (integer) degrees of freedom.
-
-    Exact up to the bisection tolerance (1e-12): the CDF uses the finite closed forms of Abramowitz & Stegun 26.7.3-4
-    for integer df, and is inverted by bisection. E.g. ``student_t_quantile(0.975, 2) = 4.302653``.
-    """
-    if not 0.0 < probability < 1.0:
-        raise ValueError(f"probability must be in (0, 1), got {probability}")
-    if int(df) != df or df < 1:
-        raise ValueError(f"df must be a positive integer, got {df}")
-    df = int(df)
-    if probability < 0.5:
-        return -student_t_quantile(1.0 - probability, df)
-    central = 2.0 * probability - 1.0  # P(|T| <= t) for the t we look for
-    low, high = 0.0, 1.0
-    while _t_central_mass(high, df) < central:
-        low, high = high, 2.0 * high
-    while high - low > 1e-12 * max(1.0, high):
-        middle = 0.5 * (low + high)
-        low, high = (middle, high) if _t_central_mass(middle, df) < central else (low, middle)
-    return 0.5 * (low + high)
-
-
-def _t_central_mass(t: float, df: int) -> float:
-    """``P(|T| <= t)`` for Student's t with integer ``df`` (Abramowitz & Stegun 26.7.3 odd df, 26.7.4 even df)."""
-    theta = math.atan(t / math.sqrt(df))
-    cos2 = math.cos(theta) ** 2
-    total = 0.0
-    if df % 2 == 1:  # (2/pi) [theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ... up to cos^(df-3))]
-        term = 1.0
-        for k in range(1, (df - 1) // 2 + 1):
-            total += term
-            term *= cos2 * (2 * k) / (2 * k + 1)
-        return 2.0 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
-    term = 1.0  # sin [1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ... up to cos^(df-2)]
-    for k in range(1, df // 2 + 1):
-        total += term
-        term *= cos2 * (2 * k - 1) / (2 * k)
-    return math.sin(theta) * total
 
 
 class PairedDifference(NamedTuple):
@@ -226,7 +119,7 @@ def paired_difference(
     if n == 1:
         return PairedDifference(mean, math.nan, math.nan, math.nan, n, confidence)
     std = float(difference.std(ddof=1))
-    half_width = student_t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
+    half_width = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
     return PairedDifference(mean, std, mean - half_width, mean + half_width, n, confidence)
 
 
@@ -285,22 +178,6 @@ def _format_cell(value: Any, precision: int) -> str:
 
 
 # --- image quality -------------------------------------------------------------------------------------------------
-
-
-def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> torch.Tensor:
-    """Frechet distance between Gaussians fitted to two feature sets ``(N, F)`` (FID on Inception features).
-
-    ``||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2))`` with unbiased covariances, as MONAI's
-    ``FIDMetric``; computed in float64 with symmetric eigendecompositions in torch
-    (``tr((S_a S_b)^(1/2)) = sum sqrt(eig(S_a^(1/2) S_b S_a^(1/2)))``) so it needs no scipy. Returns a scalar.
-    """
-    a, b = _check_features(feats_a, feats_b, minimum=2)
-    mean_a, mean_b = a.mean(dim=0), b.mean(dim=0)
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], a.shape[1]), torch.cov(b.T).reshape(b.shape[1], b.shape[1])
-    sqrt_cov_a = _sqrt_psd(cov_a)
-    cross = sqrt_cov_a @ cov_b @ sqrt_cov_a
-    trace_sqrt_product = torch.linalg.eigvalsh((cross + cross.T) / 2).clamp(min=0).sqrt().sum()
-    return (mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt_product
 
 
 def kernel_inception_distance(
@@ -421,12 +298,6 @@ def _check_features(feats_a: torch.Tensor, feats_b: torch.Tensor, minimum: int) 
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ValueError("features contain NaN or inf")
     return a, b
-
-
-def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
-    """Square root of a symmetric positive semi-definite matrix (negative round-off eigenvalues clipped to 0)."""
-    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
-    return eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
 
 
 def _polynomial_mmd2(a: torch.Tensor, b: torch.Tensor, degree: int, gamma: float, coef0: float) -> torch.Tensor:

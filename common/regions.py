@@ -24,7 +24,6 @@ __all__ = [
     "shape_mask",
     "keep_mask",
     "to_latent_grid",
-    "flip_boxes",
     "MASK_MODES",
 ]
 
@@ -112,36 +111,3 @@ def to_latent_grid(mask: torch.Tensor, latent_size: Sequence[int], rule: str = "
     if rule == "all":
         return -F.adaptive_max_pool2d(-mask, tuple(latent_size))
     raise ValueError(f"latent grid rule must be 'any' or 'all', got {rule!r}")
-
-
-def flip_boxes(
-    image: torch.Tensor, label: torch.Tensor, boxes: Sequence[Sequence[Box]], generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip the content of each box left-right and/or up-down, each with probability 1/2, in image and label alike.
-
-    Boxes are processed in order; the content stays inside its box, so the union of the boxes (the box keep mask)
-    is unchanged and the label stays aligned with the image. The random draws come from ``generator`` (a CPU
-    generator), two per box, so a seed gives the same flips whatever the device.
-
-    Args:
-        image: (B, C, H, W) images.
-        label: (B, 1, H, W) label maps of the same images.
-        boxes: per image, its boxes (see :func:`class_boxes`).
-        generator: source of the flip decisions.
-
-    Returns:
-        flipped copies of ``image`` and ``label``.
-    """
-    if image.shape[0] != label.shape[0] or image.shape[-2:] != label.shape[-2:] or len(boxes) != image.shape[0]:
-        raise ValueError(
-            f"image {tuple(image.shape)}, label {tuple(label.shape)} and {len(boxes)} box lists do not match"
-        )
-    image, label = image.clone(), label.clone()
-    for index, image_boxes in enumerate(boxes):
-        draws = torch.rand(len(image_boxes), 2, generator=generator) < 0.5
-        for (r0, r1, c0, c1), (flip_rows, flip_cols) in zip(image_boxes, draws.tolist(), strict=True):
-            dims = [d for d, flip in ((-2, flip_rows), (-1, flip_cols)) if flip]
-            if dims:
-                for tensor in (image, label):
-                    tensor[index, :, r0:r1, c0:c1] = torch.flip(tensor[index, :, r0:r1, c0:c1], dims)
-    return image, label

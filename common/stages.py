@@ -3,35 +3,55 @@
 A method's ``train.json`` lists its stages; each stage is an ordinary MONAI bundle workflow (a list of layered config
 files) run with :class:`monai.bundle.ConfigWorkflow`. A stage whose checkpoint already exists is reused unless it is
 asked to retrain, so an interrupted ``train.json`` resumes at the first unfinished stage. Beside each checkpoint a
-``<checkpoint>.stage.json`` records the config files and overrides it was trained with; a checkpoint trained with other
-settings (another data set, seed or size) is never reused silently: that stage is trained again.
+``<checkpoint>.stage.json`` records the config files and overrides it was trained with and the digests of the
+checkpoints of the stages before it; a checkpoint trained with other settings (another data set, seed or size) or on
+an earlier stage that has since been retrained is never reused silently: that stage is trained again.
+
+:func:`run_workflow` puts the bundle's folder on ``sys.path`` first, as ``python -m monai.bundle run`` does, so the
+configs can name the bundle's own Python package (e.g. ``"_target_": "augpaint.inpainter.LatentInpainter"``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
+from common.files import file_digest, json_ready, record_matches, write_json
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_stages", "run_workflow", "profile_files"]
+__all__ = ["add_bundle_to_path", "profile_files", "run_stages", "run_workflow"]
 
 
-def profile_files(bundle_root: str, profile: str) -> list[str]:
-    """Config files that layer ``profile`` over a bundle's defaults: none for "quick" (the defaults), else
-    ``configs/<profile>.json``."""
+def profile_files(bundle_root: str, profile: str, part: str = "train") -> list[str]:
+    """Config files that layer ``profile`` over a bundle's defaults: none for "quick" (the defaults); for training
+    ``configs/<profile>.json``, for inference ``configs/<profile>_inference.json`` when the bundle has one."""
     if profile == "quick":
         return []
     path = os.path.join(bundle_root, "configs", f"{profile}.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"unknown profile '{profile}': {path} does not exist")
-    return [path]
+    if part == "train":
+        return [path]
+    if part != "inference":
+        raise ValueError(f"part must be 'train' or 'inference', got {part!r}")
+    inference = os.path.join(bundle_root, "configs", f"{profile}_inference.json")
+    return [inference] if os.path.isfile(inference) else []
+
+
+def add_bundle_to_path(config_file: str) -> str:
+    """Put the bundle folder of ``config_file`` (the parent of its ``configs/``) first on ``sys.path``; returns it."""
+    config_dir = os.path.dirname(os.path.abspath(config_file))
+    bundle_root = os.path.dirname(config_dir) if os.path.basename(config_dir) == "configs" else config_dir
+    if bundle_root not in sys.path:
+        sys.path.insert(0, bundle_root)
+    return bundle_root
 
 
 def run_workflow(config_file: str | Sequence[str], workflow_type: str = "train", **overrides: Any) -> ConfigWorkflow:
@@ -40,6 +60,7 @@ def run_workflow(config_file: str | Sequence[str], workflow_type: str = "train",
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"config file(s) not found: {missing}")
+    add_bundle_to_path(files[0])
     config_dir = os.path.dirname(files[0])
     meta_file = os.path.join(config_dir, "metadata.json")
     logging_file = os.path.join(config_dir, "logging.conf")
@@ -77,43 +98,32 @@ def run_stages(
         if unknown:
             raise ValueError(f"retrain names unknown stage(s) {unknown}; the stages are {names}")
     trained = []
+    earlier: list[str] = []
     for index, stage in enumerate(stages, start=1):
         name, checkpoint = stage["name"], stage["checkpoint"]
         config_file = [stage["config_file"]] if isinstance(stage["config_file"], str) else list(stage["config_file"])
         stage_overrides = {**overrides, **dict(stage.get("overrides", {}))}
-        record = _stage_record(config_file, stage_overrides)
+        record = {
+            "config_file": config_file,
+            "overrides": stage_overrides,
+            "inputs": {os.path.basename(path): file_digest(path) for path in earlier},
+        }
         forced = retrain if isinstance(retrain, bool) else name in retrain
+        earlier.append(checkpoint)
         if os.path.isfile(checkpoint) and not forced:
-            if _read_record(checkpoint) == record:
+            if record_matches(f"{checkpoint}.stage.json", record):
                 logger.info(f"stage {index}/{len(stages)} '{name}': reusing {checkpoint} (retrain to train it again)")
                 continue
-            logger.warning(f"stage {index}/{len(stages)} '{name}': {checkpoint} was trained with other settings")
+            logger.warning(
+                f"stage {index}/{len(stages)} '{name}': {checkpoint} was trained with other settings or on other "
+                "checkpoints of the stages before it"
+            )
         logger.info(f"stage {index}/{len(stages)} '{name}': training -> {checkpoint}")
         start = time.perf_counter()
         run_workflow(config_file, **stage_overrides)
         if not os.path.isfile(checkpoint):
             raise RuntimeError(f"stage '{name}' finished without writing its checkpoint {checkpoint}")
-        _write_record(checkpoint, record)
+        write_json(f"{checkpoint}.stage.json", json_ready(record))
         logger.info(f"stage {index}/{len(stages)} '{name}': done in {time.perf_counter() - start:.0f} s")
         trained.append(name)
     return trained
-
-
-def _stage_record(config_file: list[str], overrides: Mapping[str, Any]) -> dict:
-    """What a stage was trained with, in a JSON-comparable form."""
-    return json.loads(json.dumps({"config_file": config_file, "overrides": overrides}, sort_keys=True, default=str))
-
-
-def _read_record(checkpoint: str) -> dict | None:
-    try:
-        with open(f"{checkpoint}.stage.json") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _write_record(checkpoint: str, record: dict) -> None:
-    temp = f"{checkpoint}.stage.json.tmp"
-    with open(temp, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(temp, f"{checkpoint}.stage.json")

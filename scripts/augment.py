@@ -1,11 +1,15 @@
-"""End-to-end augmentation: train a method's models, then write filtered synthetic pairs.
+"""End-to-end augmentation: train a method's models, then write its (filtered) synthetic pairs.
 
 Runs the method's bundle configs exactly as ``python -m monai.bundle run`` would (``train.json`` then
-``inference.json``), with one output folder per run so runs on different data never share checkpoints::
+``inference.json``), with one output folder per run so runs on different data never share checkpoints. A method whose
+inference filters pairs with a segmenter (its ``inference.json`` has ``segmenter_ckpt``, e.g. AugPaint) first gets one
+trained by ``bundles/segmentation`` on the same labelled pairs::
 
     python -m scripts.augment augpaint                                   # embedded phantoms, quick CPU profile
     python -m scripts.augment augpaint --data ../shared/data/usgra_nerve_vessel --labelled 10 --seed 0
-    python -m scripts.augment augpaint --profile paper --out runs/augpaint_paper   # the paper's sizes, for a GPU
+    python -m scripts.augment gauda --profile paper --out runs/gauda_paper     # the paper's sizes, for a GPU
+
+The methods are the bundles with a ``configs/evaluate.json`` (:func:`common.bundles.find_methods`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import fire
+from monai.bundle import ConfigParser
 
-from common.stages import profile_files, run_workflow
-
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
-METHODS = ("augpaint", "gauda")
+from common.bundles import find_bundles, method_bundle
+from common.stages import profile_files, run_stages, run_workflow
 
 logger = logging.getLogger("scripts.augment")
 
@@ -31,6 +34,33 @@ def default_output_dir(method: str, data: str | None, labelled: int | None, seed
     """``outputs/<method>/<data set>_n<labelled>_s<seed>``: one folder per distinct run."""
     data_name = "phantoms" if data in (None, "phantoms") else Path(data).resolve().name
     return os.path.join("outputs", method, f"{data_name}_n{labelled if labelled else 'all'}_s{seed}")
+
+
+def _needs_segmenter(inference_config: str) -> bool:
+    parser = ConfigParser()
+    parser.read_config(inference_config)
+    return "segmenter_ckpt" in parser
+
+
+def train_filter_segmenter(models: str, shared: dict[str, Any], knobs: dict[str, Any], retrain: bool) -> str:
+    """Train ``bundles/segmentation`` on the run's labelled pairs (reused when its settings match); returns its
+    checkpoint, ``<models>/model_segmenter.pt``."""
+    segmentation = find_bundles()["segmentation"]
+    checkpoint = os.path.join(models, "model_segmenter.pt")
+    stage = {
+        "name": "segmenter",
+        "config_file": [segmentation.config("train")],
+        "checkpoint": checkpoint,
+        "overrides": {
+            "bundle_root": str(segmentation.root),
+            "ckpt_dir": models,
+            "ckpt_name": os.path.basename(checkpoint),
+            "output_dir": os.path.join(models, "segmenter_logs"),
+            **knobs,
+        },
+    }
+    run_stages([stage], {k: shared[k] for k in ("dataset_dir", "num_labelled", "seed", "image_size")}, retrain)
+    return checkpoint
 
 
 def augment(
@@ -49,7 +79,7 @@ def augment(
     """Train ``method`` on ``data`` and write its synthetic pairs; returns the datalist path.
 
     Args:
-        method: one of ``METHODS``.
+        method: a method bundle (``augpaint``, ``gauda``, ...).
         data: a data set folder or datalist JSON; default the embedded phantoms.
         labelled: use only a seeded subset of this many labelled training pairs (the same subset as scripts.evaluate).
         seed: seeds the split, the training and the sampling.
@@ -57,41 +87,34 @@ def augment(
         out: output folder (models/ and synthetic/ inside); default ``outputs/<method>/<data>_n<N>_s<seed>``.
         profile: "quick" (CPU, minutes) or "paper" (the paper's sizes, for a GPU).
         retrain: train every stage again even when its checkpoint exists.
-        train_knobs: config ids for the generative stages and the generation run alike (budgets and network sizes,
-            e.g. ``--train_knobs "{'diffusion_iterations': 500}"``); a stage trained with other knobs is retrained.
-        segmenter_knobs: config ids for the filter segmenter's stage (bundles/segmentation ids).
-        knobs: config ids for the generation run only, e.g. ``--num_samples 3 --keep_fraction 0.5``.
+        train_knobs: config ids of the generative stages (budgets and network sizes, e.g.
+            ``--train_knobs "{'diffusion_iterations': 500}"``); a stage trained with other knobs is retrained.
+        segmenter_knobs: config ids of the filter segmenter (``bundles/segmentation`` ids, e.g. ``max_iterations``).
+        knobs: config ids of the generation run, e.g. ``--num_samples 3 --keep_fraction 0.5 --eta 0``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}'; choose one of {METHODS}")
+    bundle = method_bundle(method)
     out = out or default_output_dir(method, data, labelled, seed)
-    bundle_root = str(BUNDLES_DIR / method)
+    models = os.path.join(out, "models")
     shared = {
-        "bundle_root": bundle_root,
+        "bundle_root": str(bundle.root),
         "dataset_dir": data,
         "num_labelled": labelled,
         "seed": seed,
         "image_size": image_size,
-        "ckpt_dir": os.path.join(out, "models"),
+        "ckpt_dir": models,
     }
-    train_knobs = dict(train_knobs or {})
     start = time.perf_counter()
-    run_workflow(
-        os.path.join(bundle_root, "configs", "train.json"),
-        **shared,
-        profile=profile,
-        retrain=retrain,
-        knobs=train_knobs,
-        segmenter_knobs=dict(segmenter_knobs or {}),
-    )
+    run_workflow(bundle.config("train"), **shared, profile=profile, retrain=retrain, knobs=dict(train_knobs or {}))
+    inference = bundle.config("inference")
+    if _needs_segmenter(inference) and "segmenter_ckpt" not in knobs:
+        knobs["segmenter_ckpt"] = train_filter_segmenter(models, shared, dict(segmenter_knobs or {}), retrain)
     trained = time.perf_counter()
     synthetic_dir = os.path.join(out, "synthetic")
     run_workflow(
-        [os.path.join(bundle_root, "configs", "inference.json"), *profile_files(bundle_root, profile)],
+        [inference, *profile_files(str(bundle.root), profile, part="inference")],
         workflow_type="infer",
         **shared,
         output_dir=synthetic_dir,
-        **train_knobs,
         **knobs,
     )
     datalist_path = os.path.join(synthetic_dir, "datalist.json")

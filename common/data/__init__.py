@@ -5,6 +5,7 @@ Images are 1-channel float32 in [0, 1] and row-major as PIL shows them; labels a
 
 from __future__ import annotations
 
+from common.data.labels import foreground_class_sets, foreground_classes, observed_class_sets
 from common.data.pairs import find_pairs, load_splits, read_class_names, read_datalist, resolve_dataset
 from common.data.phantom import PHANTOM_CLASSES, phantom_dataset, render_phantom
 from common.data.transforms import chain_transforms, pair_transforms
@@ -15,7 +16,10 @@ __all__ = [
     "DataValidationError",
     "chain_transforms",
     "find_pairs",
+    "foreground_class_sets",
+    "foreground_classes",
     "load_splits",
+    "observed_class_sets",
     "pair_transforms",
     "phantom_dataset",
     "read_class_names",

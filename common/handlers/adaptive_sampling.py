@@ -3,8 +3,10 @@
 Gopal's adaptive sampling draws training examples from a non-uniform distribution that favours the classes the model
 currently gets wrong, updated as training goes. Here, after every validation:
 
-- class weight ``w_c <- (1 - momentum) * w_c + momentum * (1 - score_c)`` for every foreground class c, where
-  ``score_c`` is its validation Dice (a class without a score, NaN, keeps its weight); all weights start at 1;
+- class weight ``w_c <- (1 - momentum) * w_c + momentum * (1 - score_c)`` for every foreground class c that a
+  validation mask shows, where ``score_c`` is its validation Dice; a class no validation mask shows keeps its weight
+  (MONAI's ``MeanDice`` reports 0 for it, which would read as "always wrong"), as does a class scored NaN; all
+  weights start at 1;
 - sample weight = the largest weight of the foreground classes its mask shows (a background-only mask gets the
   smallest class weight), normalised and mixed with the uniform distribution (``uniform_mix``) so every sample stays
   reachable;
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from common.data import pair_transforms
+from common.data import foreground_classes, pair_transforms
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -40,7 +42,7 @@ def sample_class_sets(
     sets = []
     for pair in pairs:
         label = torch.as_tensor(load({label_key: pair[label_key]})[label_key]).long()
-        sets.append([c for c in torch.unique(label).tolist() if 0 < c < num_classes])
+        sets.append([c for c in foreground_classes(label) if c < num_classes])
     return sets
 
 
@@ -52,6 +54,8 @@ class AdaptiveSamplingHandler:
         sample_classes: foreground classes of each training sample (:func:`sample_class_sets`).
         metric_names: the evaluator metrics holding the validation score of classes 1..C-1, in class order
             (e.g. ``common.segmentation.class_metric_names("val_dice_", class_names[1:])``).
+        validation_classes: the foreground classes of each validation mask (:func:`sample_class_sets` of the
+            validation pairs); only the classes they show are scored. None scores every class.
         momentum: how far each update moves the class weights towards ``1 - score`` (1 = latest scores only).
         uniform_mix: share of the uniform distribution in the sample weights.
         summary_writer: TensorBoard writer for the class weights (``as/weight_<metric>``).
@@ -62,6 +66,7 @@ class AdaptiveSamplingHandler:
         sampler: WeightedRandomSampler,
         sample_classes: Sequence[Sequence[int]],
         metric_names: Sequence[str],
+        validation_classes: Sequence[Sequence[int]] | None = None,
         momentum: float = 0.5,
         uniform_mix: float = 0.1,
         summary_writer: SummaryWriter | None = None,
@@ -73,6 +78,10 @@ class AdaptiveSamplingHandler:
         self.sampler = sampler
         self.sample_classes = [list(s) for s in sample_classes]
         self.metric_names = list(metric_names)
+        all_classes = range(1, len(self.metric_names) + 1)
+        self.scored_classes = set(
+            all_classes if validation_classes is None else (c for s in validation_classes for c in s)
+        )
         self.momentum = momentum
         self.uniform_mix = uniform_mix
         self.summary_writer = summary_writer
@@ -104,7 +113,7 @@ class AdaptiveSamplingHandler:
         if len(scores) != len(self.metric_names):
             raise ValueError(f"{len(scores)} scores for {len(self.metric_names)} classes")
         for c, score in enumerate(scores, start=1):
-            if not math.isnan(score):
+            if c in self.scored_classes and not math.isnan(score):
                 error = min(max(1.0 - score, 0.0), 1.0)
                 self.class_weights[c] = (1 - self.momentum) * self.class_weights[c] + self.momentum * error
         self.update_sampler()

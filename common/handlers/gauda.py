@@ -14,8 +14,9 @@ replaced, with probability ``replace_prob``, by a random pool pair conditioned o
 label together, in ``engine.state.batch`` before the trainer's step runs). No pool exists before the first validation,
 so the first epoch trains on real data only; the synthesis after the last epoch is skipped (nothing would use it).
 
-The generator is any callable ``(class_sets: list[list[int]], seeds: list[int]) -> (images, labels)`` returning
-``(B, 1, H, W)`` images in [0, 1] and class-index labels of the training size, one pair per class set.
+The generator is any pair generator of the generation pipeline (:data:`common.generation.PairGenerator`): it gets a
+:class:`common.generation.JobBatch` of seeds and class sets and returns ``(B, 1, H, W)`` images in [0, 1] and
+class-index labels of the training size, one pair per class set (e.g. GAUDA's ``gauda.generator.JointLatentGenerator``).
 
 ``class_set_mode`` (the paper does not spell out the condition of each synthetic pair):
 
@@ -31,13 +32,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import ignite.distributed as idist
 import torch
 from torch import nn
 
+from common.data import foreground_class_sets
+from common.generation import JobBatch, PairGenerator
 from common.segmentation import class_metric_names
 from common.uncertainty import PooledClasswiseUncertainty, ensemble_predict, mc_dropout_predict
 
@@ -49,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["GAUDAHandler", "CLASS_SET_MODES", "top_k_uncertain_classes"]
 
 CLASS_SET_MODES = ("observed", "single", "together")
-Generator = Callable[[list[list[int]], list[int]], tuple[torch.Tensor, torch.Tensor]]
 
 
 def top_k_uncertain_classes(uncertainty: torch.Tensor, k: int) -> list[int]:
@@ -73,7 +75,7 @@ class GAUDAHandler:
     """Uncertainty-guided online synthesis and replacement of training samples (see the module docstring).
 
     Args:
-        generator: ``(class_sets, seeds) -> (images, labels)``, e.g. the GAUDA joint latent sampler.
+        generator: a pair generator (``JobBatch`` of seeds and class sets -> images, labels).
         val_data_loader: the validation pairs ``UE_c`` is computed on (only ``image_key`` is read).
         network: a :class:`common.networks.DeepEnsemble` (its members give ``UE_c``) or any network with dropout > 0
             (then ``num_passes`` MC-dropout passes give it). A ``DistributedDataParallel`` wrapper is unwrapped.
@@ -93,7 +95,7 @@ class GAUDAHandler:
 
     def __init__(
         self,
-        generator: Generator,
+        generator: PairGenerator,
         val_data_loader: DataLoader,
         network: nn.Module,
         num_classes: int,
@@ -207,7 +209,7 @@ class GAUDAHandler:
         for first in range(0, len(class_sets), self.synthesis_batch_size):
             chunk = class_sets[first : first + self.synthesis_batch_size]
             seeds = list(range(start + first, start + first + len(chunk)))
-            batch_images, batch_labels = self.generator(chunk, seeds)
+            batch_images, batch_labels = self.generator(JobBatch(seeds=seeds, conditions=[list(c) for c in chunk]))
             _check_generator_output(batch_images, batch_labels, len(chunk))
             images.append(batch_images.detach().float().cpu())
             labels.append(batch_labels.detach().float().cpu())
@@ -259,8 +261,8 @@ class GAUDAHandler:
         if not isinstance(batch, dict) or self.image_key not in batch or self.label_key not in batch:
             raise ValueError(f"GAUDAHandler needs dict batches with '{self.image_key}' and '{self.label_key}'")
         labels = torch.as_tensor(batch[self.label_key])
-        present = self.classes_present(labels)
-        self.observed_class_sets.update(tuple(c for c in row if c > 0) for row in present)
+        present = foreground_class_sets(labels)
+        self.observed_class_sets.update(tuple(row) for row in present)
         if self.pool_images is None or self.pool_labels is None:
             return
         if self.pool_images.shape[1:] != batch[self.image_key].shape[1:]:
@@ -285,10 +287,3 @@ class GAUDAHandler:
             batch[self.image_key], batch[self.label_key] = images, new_labels
         self.replaced_since_refresh += replaced
         self.replaced_total += replaced
-
-    def classes_present(self, labels: torch.Tensor) -> list[list[int]]:
-        """The classes shown by each mask of a ``(B, 1, *spatial)`` class-index batch, sorted."""
-        flat = labels.detach().long().flatten(start_dim=1).clamp(0, self.num_classes - 1)
-        present = torch.zeros(flat.shape[0], self.num_classes, dtype=torch.bool, device=flat.device)
-        present.scatter_(1, flat, True)
-        return [torch.nonzero(row).flatten().tolist() for row in present.cpu()]

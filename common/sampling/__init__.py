@@ -1,16 +1,30 @@
-"""Samplers on MONAI schedulers: the scheduler owns the maths, a sampler owns the loop (batched, no device hops)."""
+"""Sampling: one denoising loop on MONAI schedulers, with pluggable denoisers, hooks and walks.
+
+The scheduler owns the maths, :class:`DenoisingLoop` owns the loop (batched, one generator per sample, no device hops),
+and what differs between methods is a denoiser (:mod:`.denoisers`), a hook on the sample (:mod:`.hooks`) or a walk
+over the noise levels (:mod:`.walks`).
+"""
 
 from __future__ import annotations
 
-from .classifier_free import ClassifierFreeGuidanceSampler, guided_output
-from .joint_sampler import JointLatentSampler, load_joint_sampler, save_untrained_generator
-from .latent_inpainting import LatentInpaintingSampler
+from .denoisers import ClassifierFreeDenoiser, ControlNetDenoiser, Denoiser, UNetDenoiser, guided_output
+from .hooks import KnownRegionMerge, SamplingHook
+from .loop import DenoisingLoop, per_sample_noise
+from .schedulers import sampling_scheduler
+from .walks import RePaintWalk, Walk, monotone_walk
 
 __all__ = [
-    "ClassifierFreeGuidanceSampler",
-    "JointLatentSampler",
-    "LatentInpaintingSampler",
+    "ClassifierFreeDenoiser",
+    "ControlNetDenoiser",
+    "DenoisingLoop",
+    "Denoiser",
+    "KnownRegionMerge",
+    "RePaintWalk",
+    "SamplingHook",
+    "UNetDenoiser",
+    "Walk",
     "guided_output",
-    "load_joint_sampler",
-    "save_untrained_generator",
+    "monotone_walk",
+    "per_sample_noise",
+    "sampling_scheduler",
 ]

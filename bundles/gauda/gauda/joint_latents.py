@@ -22,7 +22,7 @@ from monai.transforms import AsDiscreted, Compose
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from common.data import chain_transforms, pair_transforms
+from common.data import chain_transforms, foreground_class_sets, pair_transforms
 from common.latents import encode_dataset
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "encode_pairs",
     "joint_training_items",
     "one_hot_pair_transforms",
-    "present_classes",
     "split_joint_latent",
 ]
 
@@ -46,12 +45,6 @@ def one_hot_pair_transforms(
             AsDiscreted(keys="label", to_onehot=num_classes),
         ]
     )
-
-
-def present_classes(one_hot: torch.Tensor) -> list[int]:
-    """Foreground classes (index >= 1) present in a one-hot mask (K, H, W)."""
-    present = one_hot.flatten(1).amax(dim=1) > 0
-    return [int(c) for c in torch.nonzero(present).flatten().tolist() if c > 0]
 
 
 def class_condition(class_sets: Sequence[Sequence[int]], num_classes: int) -> torch.Tensor:
@@ -90,7 +83,7 @@ def encode_pairs(
         )
     classes = []
     for batch in DataLoader(Dataset(list(pairs), transform), batch_size=batch_size, shuffle=False, num_workers=0):
-        classes.extend(present_classes(one_hot) for one_hot in convert_to_tensor(batch["label"], track_meta=False))
+        classes.extend(foreground_class_sets(convert_to_tensor(batch["label"], track_meta=False).argmax(dim=1)))
     return [
         {"image": image["image"], "label": mask["label"], "classes": found}
         for image, mask, found in zip(images, masks, classes, strict=True)

@@ -1,0 +1,236 @@
+"""The evaluation protocol: does augmentation help? One function, for every method.
+
+:func:`evaluate` takes a data set and a labelled subset (chosen by ``seed`` exactly as ``scripts.augment`` chose it),
+carves the validation pairs out of it, checks every synthetic set's provenance, builds the arms
+(:mod:`common.evaluation.arms`), trains and scores every arm with every training seed (:mod:`common.evaluation.runs`),
+summarises and compares them (:mod:`common.evaluation.report`) and measures generator quality
+(:mod:`common.evaluation.quality`). ``test_data`` scores on another data set's test split (cross-domain: train on
+one domain, test on another). Results go to ``results.json``, ``results.md`` and ``dice_per_class.png`` in ``out``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from common.bundles import find_methods, method_bundle
+from common.checkpoints import load_network
+from common.data import load_splits, read_class_names, resolve_dataset
+from common.files import write_json
+from common.stages import profile_files, run_workflow
+
+from .arms import Arm, scheme_arms, standard_arms, synthetic_arms, synthetic_set_name
+from .provenance import check_provenance, load_synthetic_pairs, synthetic_datalist, synthetic_method
+from .quality import class_condition_agreement, sample_diversity, synthetic_feature_distances
+from .report import score_summary, summarise, to_markdown, write_class_figure
+from .runs import run_arm, score_segmenter
+
+__all__ = ["evaluate", "parse_schemes"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_schemes(schemes: str | Sequence[str]) -> dict[str, list[str]]:
+    """``"gauda"`` (every scheme of the method) or ``"gauda:baseline,gauda:gauda"`` -> ``{method: [scheme, ...]}``."""
+    items = [s.strip() for s in schemes.split(",")] if isinstance(schemes, str) else [str(s) for s in schemes]
+    chosen: dict[str, list[str]] = {}
+    for item in filter(None, items):
+        method, _, scheme = item.partition(":")
+        bundle = method_bundle(method)
+        declared = list(bundle.evaluation.get("schemes", {}))
+        if not declared:
+            raise ValueError(f"method '{method}' declares no schemes")
+        chosen.setdefault(method, [])
+        chosen[method] += declared if scheme in ("", "all") else [scheme]
+    return chosen
+
+
+def _run_dir(out: str, arm: str, seed: int) -> str:
+    slug = "".join(c if c.isalnum() or c in "-." else "_" for c in arm).strip("_")
+    return os.path.join(out, "runs", slug, f"seed{seed}")
+
+
+def _generator_quality(
+    networks: Sequence, real: Sequence[dict], pairs: Sequence[dict], class_names: Sequence[str], image_size: int
+) -> dict[str, Any]:
+    """FID/KID (first reference network's bottleneck), Real-Only Dice over the reference networks, diversity and,
+    for class-conditional sets, condition agreement."""
+    real_only = [score_segmenter(n, pairs, len(class_names), image_size)["dice"] for n in networks]
+    quality = {
+        **synthetic_feature_distances(networks[0], real, pairs, image_size),
+        "real_only_dice": score_summary(real_only, class_names),
+        "diversity": sample_diversity(pairs, image_size),
+    }
+    if any(p.get("condition") is not None for p in pairs):
+        quality["condition_agreement"] = class_condition_agreement(pairs, len(class_names))
+    return quality
+
+
+def _sweep_sets(
+    method: str,
+    generator: str,
+    knob: str,
+    values: Sequence[Any],
+    samples: int,
+    data: str,
+    labelled: int | None,
+    seed: int,
+    image_size: int,
+    out: str,
+    generator_knobs: Mapping[str, Any],
+) -> dict[str, list[dict]]:
+    """One synthetic set per value of ``knob`` from the trained generator of ``method`` (its inference config)."""
+    bundle = method_bundle(method)
+    sets = {}
+    for value in values:
+        output_dir = os.path.join(out, "sweep", method, f"{knob}_{value}")
+        run_workflow(
+            [bundle.config("inference"), *profile_files(str(bundle.root), "quick", part="inference")],
+            workflow_type="infer",
+            bundle_root=str(bundle.root),
+            dataset_dir=data,
+            num_labelled=labelled,
+            seed=seed,
+            image_size=image_size,
+            ckpt_dir=os.path.abspath(generator),
+            output_dir=output_dir,
+            num_samples=samples,
+            progress=False,
+            **{**dict(generator_knobs), knob: value},
+        )
+        sets[f"{knob} = {value}"] = load_synthetic_pairs(os.path.join(output_dir, "datalist.json"))
+    return sets
+
+
+def evaluate(
+    data: str | None = None,
+    labelled: int | None = None,
+    synthetic: Sequence[str] = (),
+    schemes: str | Sequence[str] = (),
+    generator: str | Mapping[str, str] | None = None,
+    seed: int = 0,
+    seeds: int = 3,
+    iterations: int = 1000,
+    val_interval: int = 200,
+    val_fraction: float = 0.2,
+    image_size: int = 64,
+    controls: bool = True,
+    synthetic_only: bool = True,
+    scheme_knobs: Mapping[str, Any] | None = None,
+    sweep: Mapping[str, Sequence[Any]] | None = None,
+    sweep_samples: int = 20,
+    generator_knobs: Mapping[str, Any] | None = None,
+    test_data: str | None = None,
+    out: str = "outputs/evaluate",
+) -> dict[str, Any]:
+    """Run the protocol and return the results (also written to ``out``); see ``scripts.evaluate`` for the knobs."""
+    data = resolve_dataset(data)
+    test_source = resolve_dataset(test_data) if test_data is not None else data
+    splits = load_splits(data, seed=seed, num_labelled=labelled, val_fraction=val_fraction)
+    labelled_pairs, train, validation = splits["train"] + splits["val"], splits["train"], splits["val"]
+    test = load_splits(test_source)["test"] if test_data is not None else splits["test"]
+    if not test:
+        raise ValueError(f"{test_source} has no test split to score on")
+    class_names = read_class_names(data)
+    if read_class_names(test_source) != class_names:
+        raise ValueError(f"{test_source} has other classes than {data}: a cross-domain test needs the same classes")
+    chosen_schemes = parse_schemes(schemes) if schemes else {}
+    generators = _generators(generator, chosen_schemes, sweep)
+    datalists = [synthetic_datalist(s) for s in ([synthetic] if isinstance(synthetic, str) else synthetic)]
+    all_masks = [p["label"] for p in load_splits(data)["train"]]
+    for datalist in datalists:
+        check_provenance(datalist, labelled_pairs, splits["test"], all_masks)
+    os.makedirs(out, exist_ok=True)
+
+    methods = find_methods()
+    arms: list[Arm] = standard_arms(train)
+    for datalist in datalists:
+        arms += synthetic_arms(
+            datalist, methods.get(synthetic_method(datalist)), train, out, image_size, seed, controls, synthetic_only
+        )
+    for method, names in chosen_schemes.items():
+        arms += scheme_arms(methods[method], names, train, validation, generators.get(method), scheme_knobs or {})
+    logger.info(
+        f"{len(arms)} arms x {seeds} seeds, {iterations} iterations, {len(train)} training pairs, "
+        f"{len(validation)} validation pairs, {len(test)} test pairs of {test_source}"
+    )
+    per_seed = {
+        arm.name: [
+            run_arm(
+                arm, _run_dir(out, arm.name, s), s, iterations, val_interval, data, image_size, test, len(class_names)
+            )
+            for s in range(seeds)
+        ]
+        for arm in arms
+    }
+    results: dict[str, Any] = {
+        "data": data,
+        "test_data": test_source,
+        "labelled": labelled,
+        "training_pairs": len(train),
+        "validation_pairs": len(validation),
+        "iterations": iterations,
+        "seeds": seeds,
+        "class_names": class_names,
+        "arms": summarise(per_seed, class_names, {arm.name: arm.references for arm in arms}),
+    }
+    reference_runs = [_run_dir(out, "real", s) for s in range(seeds)]
+    if datalists or sweep:
+        networks = [load_network(os.path.join(run, "model.pt"), image_size=image_size) for run in reference_runs]
+        real_images = splits["train"] + splits["val"] + splits["unlabelled"]
+        results["generator_quality"] = {}
+        for datalist in datalists:
+            name = synthetic_set_name(datalist)
+            quality = _generator_quality(networks, real_images, load_synthetic_pairs(datalist), class_names, image_size)
+            if f"synthetic only: {name}" in results["arms"]:
+                quality["synthetic_only_dice"] = results["arms"][f"synthetic only: {name}"]["dice"]
+            results["generator_quality"][name] = quality
+        if sweep:
+            ((knob, values),) = sweep.items()
+            method = _sweep_method(generators)
+            sets = _sweep_sets(
+                method,
+                generators[method],
+                knob,
+                values,
+                sweep_samples,
+                data,
+                labelled,
+                seed,
+                image_size,
+                out,
+                generator_knobs or {},
+            )
+            results["sweep"] = {
+                "method": method,
+                "knob": knob,
+                "sets": {
+                    k: _generator_quality(networks, real_images, v, class_names, image_size) for k, v in sets.items()
+                },
+            }
+    markdown = to_markdown(results)
+    write_json(os.path.join(out, "results.json"), results)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown)
+    write_class_figure(results, os.path.join(out, "dice_per_class.png"))
+    return results
+
+
+def _generators(
+    generator: str | Mapping[str, str] | None, schemes: Mapping[str, Sequence[str]], sweep: Mapping | None
+) -> dict[str, str]:
+    """``{method: generator folder}``; a plain path belongs to the one method whose schemes or sweep need it."""
+    if generator is None or isinstance(generator, Mapping):
+        return dict(generator or {})
+    candidates = sorted(schemes) or sorted(m for m, b in find_methods().items() if b.evaluation.get("generator_id"))
+    if len(candidates) != 1:
+        raise ValueError(f"--generator is a folder but more than one method could use it ({candidates}): give a dict")
+    return {candidates[0]: generator}
+
+
+def _sweep_method(generators: Mapping[str, str]) -> str:
+    if len(generators) != 1:
+        raise ValueError(f"a sweep needs exactly one trained generator (--generator), got {sorted(generators)}")
+    return next(iter(generators))

@@ -1,0 +1,72 @@
+"""Synthetic data sets as the evaluation reads them, and the check that none of them leaks held-out data.
+
+A synthetic set may only be built from the labelled subset the evaluation trains on: a pair whose own files or whose
+sources (``source_image`` / ``source_label``) are test-split files, or whose masks are real masks outside the
+labelled subset, would let the judged segmenter see what it is scored on or more labels than the other arms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+__all__ = ["LeakageError", "check_provenance", "load_synthetic_pairs", "synthetic_datalist", "synthetic_method"]
+
+
+class LeakageError(ValueError):
+    """A synthetic set uses test-split files or masks outside the labelled subset."""
+
+
+def synthetic_datalist(path: str) -> str:
+    """The datalist of a synthetic set given as its folder or as the datalist itself."""
+    datalist = os.path.join(path, "datalist.json") if os.path.isdir(path) else path
+    if not os.path.isfile(datalist):
+        raise FileNotFoundError(f"no synthetic datalist at {datalist}")
+    return datalist
+
+
+def synthetic_method(datalist_path: str) -> str:
+    """The method that wrote a synthetic set (its datalist's ``method``)."""
+    with open(datalist_path) as f:
+        return json.load(f).get("method", "synthetic")
+
+
+def load_synthetic_pairs(datalist_path: str) -> list[dict]:
+    """The kept pairs of a synthetic datalist, with every path made absolute."""
+    with open(datalist_path) as f:
+        entries = json.load(f)["training"]
+    root = os.path.dirname(os.path.abspath(datalist_path))
+    keys = ("image", "label", "source_image", "source_label")
+    return [
+        {**e, **{k: os.path.normpath(os.path.join(root, e[k])) for k in keys if e.get(k) is not None}} for e in entries
+    ]
+
+
+def check_provenance(
+    datalist_path: str, labelled: Sequence[dict], test: Sequence[dict], real_masks: Sequence[str] = ()
+) -> None:
+    """Refuse a synthetic set whose pairs use a test-split file (as their own file or as a source) or a real mask
+    outside ``labelled`` (``real_masks``: every real mask of the data set), naming every offending pair."""
+    allowed_labels = {os.path.realpath(p["label"]) for p in labelled}
+    test_files = {os.path.realpath(p[k]) for p in test for k in ("image", "label") if k in p}
+    outside = {os.path.realpath(m) for m in real_masks} - allowed_labels
+    problems = []
+    for entry in load_synthetic_pairs(datalist_path):
+        own = {k: os.path.realpath(entry[k]) for k in ("image", "label")}
+        if own["image"] in test_files or own["label"] in test_files:
+            problems.append(f"{entry['image']}: its own files are test-split files")
+        if own["label"] in outside:
+            problems.append(
+                f"{entry['image']}: its mask is the real mask {entry['label']}, outside the labelled subset"
+            )
+        source_label, source_image = entry.get("source_label"), entry.get("source_image")
+        if source_label is not None and os.path.realpath(source_label) not in allowed_labels:
+            problems.append(f"{entry['image']}: its mask {source_label} is not in the labelled subset")
+        if source_image is not None and os.path.realpath(source_image) in test_files:
+            problems.append(f"{entry['image']}: its source image {source_image} is in the test split")
+    if problems:
+        raise LeakageError(
+            f"{datalist_path}: {len(problems)} problem(s): the synthetic set leaks data outside the labelled "
+            "training subset:\n  " + "\n  ".join(problems)
+        )

@@ -1,0 +1,188 @@
+"""The evaluation's numbers and how they are shown: summaries over seeds, Markdown tables, the per-class figure.
+
+Scores of one arm are per image and class for every seed. The summary of a metric reduces images, then classes
+(the class mean is the mean over foreground classes of the per-class mean over images), then seeds (mean +- std), and
+also gives the mean and median over test images of each image's mean foreground score. Each arm is compared with
+its references (``real`` and ``classic``) by the paired difference of the class mean over seeds with a 95 % Student-t
+interval; a difference is a gain (or a loss) only when that interval excludes zero.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from common.files import atomic_files
+from common.metrics import SeedSummary, markdown_table, paired_difference, summarise_seeds
+
+__all__ = ["METRICS", "class_mean", "score_summary", "summarise", "to_markdown", "write_class_figure"]
+
+METRICS = ("dice", "iou")
+METRIC_NAMES = {"dice": "Dice", "iou": "IoU"}
+ROLES = {"real": "real", "classic": "classic aug"}
+
+
+def _nan_reduce(function, values: np.ndarray, axis: int | None = None) -> np.ndarray | float:
+    """``np.nanmean`` / ``np.nanmedian`` without the warning for all-NaN slices (they stay NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return function(values, axis=axis)
+
+
+def class_mean(per_image: np.ndarray) -> float:
+    """Mean over foreground classes of the per-class mean over images (the papers' "mean")."""
+    return float(_nan_reduce(np.nanmean, _nan_reduce(np.nanmean, per_image, axis=0)[1:]))
+
+
+def score_summary(runs: Sequence[np.ndarray], class_names: Sequence[str]) -> dict:
+    """One metric over seeds (``runs``: one ``(N, C)`` per-image array per seed): per class, the class mean, and the
+    mean and median over test images of each image's mean foreground score; each as mean +- std over seeds."""
+    per_image = [_nan_reduce(np.nanmean, r[:, 1:], axis=1) for r in runs]
+    return {
+        "per_class": {
+            c: summarise_seeds([float(_nan_reduce(np.nanmean, r[:, i])) for r in runs])._asdict()
+            for i, c in enumerate(class_names)
+            if i > 0
+        },
+        "class_mean": summarise_seeds([class_mean(r) for r in runs])._asdict(),
+        "sample_mean": summarise_seeds([float(_nan_reduce(np.nanmean, x)) for x in per_image])._asdict(),
+        "sample_median": summarise_seeds([float(_nan_reduce(np.nanmedian, x)) for x in per_image])._asdict(),
+        "per_seed_class_mean": [class_mean(r) for r in runs],
+    }
+
+
+def summarise(
+    per_seed: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
+    class_names: Sequence[str],
+    references: Mapping[str, Mapping[str, str]],
+) -> dict:
+    """Per arm and metric, :func:`score_summary`, and the paired difference of the class mean to each reference arm
+    (``references[arm] = {"real": name, "classic": name}``; an arm is not compared with itself)."""
+    arms = {
+        name: {m: score_summary([s[m] for s in runs], class_names) for m in METRICS} for name, runs in per_seed.items()
+    }
+    for name, arm in arms.items():
+        arm["differences"] = {}
+        for role, reference in references.get(name, {}).items():
+            if reference == name or reference not in arms:
+                continue
+            arm["differences"][role] = {
+                "reference": reference,
+                **{
+                    m: paired_difference(
+                        arm[m]["per_seed_class_mean"], arms[reference][m]["per_seed_class_mean"]
+                    )._asdict()
+                    for m in METRICS
+                },
+            }
+    return arms
+
+
+def _difference_cell(difference: Mapping | None, metric: str) -> str:
+    if not difference:
+        return ""
+    d = difference[metric]
+    verdict = " (gain)" if d["low"] > 0 else " (loss)" if d["high"] < 0 else ""
+    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{verdict}"
+
+
+def _score_row(name: str, arm: Mapping, metric: str, class_names: Sequence[str]) -> dict:
+    row = {
+        "arm": name,
+        **{c: SeedSummary(**arm[metric]["per_class"][c]) for c in class_names[1:]},
+        "class mean": SeedSummary(**arm[metric]["class_mean"]),
+        "sample mean": SeedSummary(**arm[metric]["sample_mean"]),
+        "sample median": SeedSummary(**arm[metric]["sample_median"]),
+    }
+    for role, label in ROLES.items():
+        row[f"vs {label} [95% CI]"] = _difference_cell(arm["differences"].get(role), metric)
+    return row
+
+
+def _quality_row(name: str, quality: Mapping) -> dict:
+    agreement = quality.get("condition_agreement")
+    synthetic_only = quality.get("synthetic_only_dice")
+    return {
+        "set": name,
+        "FID": quality["fid"],
+        "KID": f"{quality['kid']:.4f}" if not math.isnan(quality["kid"]) else "n/a",
+        "Real-Only Dice": SeedSummary(**quality["real_only_dice"]["class_mean"]),
+        "Synthetic-Only Dice": SeedSummary(**synthetic_only["class_mean"]) if synthetic_only else "",
+        "exact class set": f"{agreement['exact']:.2f}" if agreement else "",
+        "MS-SSIM within source": quality.get("diversity"),
+        "pairs": quality["num_synthetic"],
+    }
+
+
+def to_markdown(results: Mapping) -> str:
+    """The Dice and IoU tables (per class, class mean, sample mean and median, difference to each reference) and the
+    generator quality and sweep tables."""
+    class_names = results["class_names"]
+    columns = ["arm", *class_names[1:], "class mean", "sample mean", "sample median"]
+    columns += [f"vs {label} [95% CI]" for label in ROLES.values()]
+    text = (
+        f"Test-split scores on {results['test_data']}: trained on {results['labelled'] or 'all'} labelled pairs of "
+        f"{results['data']} ({results['training_pairs']} training, {results['validation_pairs']} validation), "
+        f"{results['iterations']} iterations, final network, {results['seeds']} seeds (mean ± std over seeds; "
+        "differences are of the class mean, paired over seeds)\n"
+    )
+    for metric in METRICS:
+        rows = [_score_row(name, arm, metric, class_names) for name, arm in results["arms"].items()]
+        text += f"\n{METRIC_NAMES[metric]}\n\n" + markdown_table(rows, columns)
+    quality_columns = [
+        "set",
+        "FID",
+        "KID",
+        "Real-Only Dice",
+        "Synthetic-Only Dice",
+        "exact class set",
+        "MS-SSIM within source",
+        "pairs",
+    ]
+    if results.get("generator_quality"):
+        rows = [_quality_row(name, q) for name, q in results["generator_quality"].items()]
+        text += "\nGenerator quality (FID/KID in the reference segmenter's bottleneck features)\n\n"
+        text += markdown_table(rows, quality_columns)
+    if results.get("sweep"):
+        rows = [_quality_row(f"{value}", q) for value, q in results["sweep"]["sets"].items()]
+        text += f"\nSweep of {results['sweep']['knob']} ({results['sweep']['method']})\n\n"
+        text += markdown_table(rows, quality_columns)
+    return text
+
+
+def write_class_figure(results: Mapping, path: str, metric: str = "dice") -> str:
+    """Bars of the per-class and class-mean score of every arm (one group per arm) with 95 % intervals over seeds
+    (``mean +- t * std / sqrt(n)``), written as a PNG to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    class_names = [*results["class_names"][1:], "class mean"]
+    arms = list(results["arms"])
+    width = 0.8 / len(class_names)
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(arms) * max(1, len(class_names) / 2)), 4.5))
+    for index, class_name in enumerate(class_names):
+        means, errors = [], []
+        for arm in arms:
+            summary = results["arms"][arm][metric]
+            cell = summary["class_mean"] if class_name == "class mean" else summary["per_class"][class_name]
+            n, std = cell["n"], cell["std"]
+            half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 and not math.isnan(std) else 0.0
+            means.append(cell["mean"])
+            errors.append(half)
+        positions = np.arange(len(arms)) + (index - (len(class_names) - 1) / 2) * width
+        axes.bar(positions, means, width, yerr=errors, capsize=2, label=class_name)
+    axes.set_xticks(np.arange(len(arms)), arms, rotation=30, ha="right", fontsize=8)
+    axes.set_ylabel(f"test {METRIC_NAMES[metric]} (mean over seeds, 95 % interval)")
+    axes.set_ylim(0, 1)
+    axes.legend(fontsize=8, ncols=min(len(class_names), 4))
+    figure.tight_layout()
+    with atomic_files(path) as (temp,):
+        figure.savefig(temp, format="png", dpi=120)
+    plt.close(figure)
+    return path
