@@ -12,20 +12,34 @@ A bundle is a folder of ``bundles/`` with ``configs/metadata.json``. A *method* 
 
 ``scripts.augment``, ``scripts.evaluate`` and ``scripts.benchmark`` take their methods from :func:`find_methods`, so a
 new method is a new bundle folder with these files, and no script changes.
+
+A bundle's own Python package (``bundles/augpaint/augpaint/``) is named in its configs (``"_target_":
+"augpaint.inpainter.LatentInpainter"``); :func:`add_to_path`, the first step of every ``initialize`` of those configs,
+puts the bundle folder on ``sys.path`` so that works from the repository root, from the bundle's own folder (as model
+zoo bundles run) and under ``torchrun`` alike.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUNDLES_DIR", "Bundle", "find_bundles", "find_methods", "method_bundle"]
+__all__ = ["BUNDLES_DIR", "Bundle", "add_to_path", "find_bundles", "find_methods", "method_bundle"]
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+
+
+def add_to_path(bundle_root: str | os.PathLike) -> str:
+    """Put the bundle folder ``bundle_root`` first on ``sys.path`` (once); returns its absolute path."""
+    root = os.path.abspath(bundle_root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return root
 
 
 @dataclass(frozen=True)

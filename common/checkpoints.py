@@ -35,7 +35,6 @@ __all__ = [
     "build_network",
     "card_path",
     "check_settings",
-    "load_frozen_network",
     "load_network",
     "network_definition",
     "read_card",
@@ -151,12 +150,3 @@ def load_network(
     network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     network = network.to(device)
     return network.eval().requires_grad_(False) if frozen else network
-
-
-def load_frozen_network(network: nn.Module, checkpoint: str, device: str | torch.device) -> nn.Module:
-    """Load the flat state dict ``checkpoint`` into an already built ``network`` (a checkpoint without a card);
-    returned on ``device``, in eval mode, without gradients."""
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint {checkpoint} not found: train the stage that writes it first")
-    network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    return network.to(device).eval().requires_grad_(False)

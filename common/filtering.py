@@ -181,9 +181,9 @@ class ConfidenceFilter:
 
 class DiceFilter:
     """DiffuseExpand's stage IV: the segmenter's Dice loss (MONAI ``DiceLoss`` on its softmax against the pair's
-    mask) keeps a pair below ``eta``, relabels it with the segmenter's prediction below ``2 eta`` and drops it
-    otherwise (:func:`dice_keep_relabel_drop`); the loss is the pair's ``score``. A pair relabelled by an interrupted
-    run keeps its decision.
+    mask, averaged over the classes that the mask or the prediction shows) keeps a pair below ``eta``, relabels it with
+    the segmenter's prediction below ``2 eta`` and drops it otherwise (:func:`dice_keep_relabel_drop`); the loss is
+    the pair's ``score``. A pair relabelled by an interrupted run keeps its decision.
 
     Args:
         segmenter: a well-trained segmenter of the real pairs.
@@ -206,9 +206,20 @@ class DiceFilter:
         self.eta = eta
         self.image_size = image_size
         self.batch_size = batch_size
-        self.dice_loss = DiceLoss(
-            include_background=include_background, to_onehot_y=True, softmax=False, reduction="none"
-        )
+        self.include_background = include_background
+        self.dice_loss = DiceLoss(include_background=True, to_onehot_y=True, softmax=False, reduction="none")
+
+    def losses(self, probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per pair, the mean Dice loss over the classes its mask or its prediction shows ``(B,)``."""
+        per_class = self.dice_loss(probabilities, labels).flatten(1)
+        classes = torch.arange(probabilities.shape[1], device=labels.device).view(1, -1)
+        shown = (labels.flatten(1).unsqueeze(1) == classes.unsqueeze(-1)).any(-1)
+        predicted = probabilities.argmax(dim=1).flatten(1)
+        shown |= (predicted.unsqueeze(1) == classes.unsqueeze(-1)).any(-1)
+        if not self.include_background:
+            shown[:, 0] = False
+        count = shown.sum(dim=1)
+        return torch.where(count > 0, (per_class * shown).sum(dim=1) / count.clamp(min=1), 0.0)
 
     def apply(self, writer: SyntheticDatasetWriter, names: Sequence[str], planned: int) -> None:
         undecided = [name for name in names if writer.entry(name)["status"] != RELABELLED]
@@ -216,7 +227,7 @@ class DiceFilter:
         for batch, labels, probabilities in predict_written_pairs(
             writer, undecided, self.segmenter, self.image_size, self.batch_size
         ):
-            losses = self.dice_loss(probabilities, labels).flatten(1).mean(dim=1).cpu()
+            losses = self.losses(probabilities, labels).cpu()
             predictions = probabilities.argmax(dim=1, keepdim=True).cpu()
             for index, (name, decision) in enumerate(zip(batch, dice_keep_relabel_drop(losses, self.eta), strict=True)):
                 counts[decision] += 1

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
+from common.bundles import add_to_path
 from common.files import file_digest, json_ready, record_matches, write_json
 
 logger = logging.getLogger(__name__)
@@ -48,10 +48,7 @@ def profile_files(bundle_root: str, profile: str, part: str = "train") -> list[s
 def add_bundle_to_path(config_file: str) -> str:
     """Put the bundle folder of ``config_file`` (the parent of its ``configs/``) first on ``sys.path``; returns it."""
     config_dir = os.path.dirname(os.path.abspath(config_file))
-    bundle_root = os.path.dirname(config_dir) if os.path.basename(config_dir) == "configs" else config_dir
-    if bundle_root not in sys.path:
-        sys.path.insert(0, bundle_root)
-    return bundle_root
+    return add_to_path(os.path.dirname(config_dir) if os.path.basename(config_dir) == "configs" else config_dir)
 
 
 def run_workflow(config_file: str | Sequence[str], workflow_type: str = "train", **overrides: Any) -> ConfigWorkflow:

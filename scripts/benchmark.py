@@ -21,7 +21,7 @@ import os
 import resource
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fire
@@ -136,15 +136,19 @@ def benchmark(
     val_interval: int = 50,
     knobs: dict | None = None,
     scheme_knobs: dict | None = None,
+    settings: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Measure ``method``'s generator at each setting of its bundle's ``benchmark`` list (``knobs`` apply to all)
-    and, with ``iterations > 0``, the training time of its ``benchmark_schemes``; prints and returns the rows."""
+    """Measure ``method``'s generator at each setting of its bundle's ``benchmark`` list (``knobs`` apply to all;
+    ``settings`` picks some by name) and, with ``iterations > 0``, the training time of its ``benchmark_schemes``;
+    prints and returns the rows."""
     bundle = method_bundle(method)
+    declared = bundle.evaluation.get("benchmark", [{"name": "default", "knobs": {}}])
+    chosen = [entry for entry in declared if settings is None or entry["name"] in settings]
     with tempfile.TemporaryDirectory(prefix=f"benchmark_{method}_") as scratch:
         models = generator or _smoke_trained(bundle, scratch)
         rows = [
             generator_row(bundle, models, entry["name"], {**entry["knobs"], **(knobs or {})}, batch_size, repeats)
-            for entry in bundle.evaluation.get("benchmark", [{"name": "default", "knobs": {}}])
+            for entry in chosen
         ]
         for row in rows:
             row["speed_vs_first"] = row["pairs_per_second"] / rows[0]["pairs_per_second"]

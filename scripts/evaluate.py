@@ -49,6 +49,7 @@ def evaluate(
     image_size: int = 64,
     controls: bool = True,
     synthetic_only: bool = True,
+    knobs: Mapping[str, Any] | None = None,
     scheme_knobs: Mapping[str, Any] | None = None,
     sweep: Mapping[str, Sequence[Any]] | None = None,
     sweep_samples: int = 20,
@@ -73,6 +74,7 @@ def evaluate(
         image_size: model input size; test masks are scored at this size.
         controls: add the controls each synthetic set's method declares.
         synthetic_only: add an arm per synthetic set trained on its pairs alone (the Synthetic-Only score).
+        knobs: config ids for every arm's segmenter, e.g. ``"{'channels': [8, 16, 32, 64], 'batch_size': 16}"``.
         scheme_knobs: config ids for every scheme arm, e.g. ``"{'bayesian_model': 'mc_dropout'}"``.
         sweep: ``{knob: [values]}``: synthesise ``sweep_samples`` pairs per job set for each value from the
             generator and report their quality (e.g. GAUDA's guidance, Fig. 5).
@@ -97,6 +99,7 @@ def evaluate(
         image_size=image_size,
         controls=controls,
         synthetic_only=synthetic_only,
+        knobs=knobs,
         scheme_knobs=scheme_knobs,
         sweep=sweep,
         sweep_samples=sweep_samples,

@@ -1,9 +1,16 @@
-"""Fixtures shared by the tests."""
+"""Fixtures shared by the tests; the bundles' own packages (``augpaint``, ``gauda``) are importable, as in a
+``monai.bundle run`` of their configs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+from common.bundles import find_bundles
+from common.stages import add_bundle_to_path
+
+for _bundle in find_bundles().values():
+    add_bundle_to_path(str(_bundle.root / "configs" / "metadata.json"))
 
 
 @pytest.fixture

@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from augpaint.conditioning import (
+    LabelKeepMask,
+    RandomBoxKeepMask,
+    concat_condition,
+    diffusion_training_items,
+    masked_image_condition,
+)
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import DataLoader
@@ -22,7 +29,7 @@ from monai.utils import AdversarialKeys, set_determinism
 from tiny_networks import tiny_vqvae
 
 from common import regions
-from common.checkpoints import load_frozen_network
+from common.checkpoints import load_network, read_card
 from common.data import load_splits, pair_transforms, phantom_dataset
 from common.engines import (
     ReconstructionInferer,
@@ -34,17 +41,7 @@ from common.engines import (
     reconstruction_batch,
 )
 from common.engines.vq_adversarial_trainer import ADVERSARIAL_LOSS, PIXEL_LOSS, QUANTIZATION_LOSS
-from common.latents import (
-    LabelKeepMask,
-    RandomBoxKeepMask,
-    concat_condition,
-    diffusion_training_items,
-    encode_dataset,
-    latent_scale_factor,
-    load_latent_scale,
-    masked_image_condition,
-    save_latent_scale,
-)
+from common.latents import encode_dataset, latent_scale_factor
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "augpaint" / "configs"
@@ -61,9 +58,6 @@ TINY = {
     "network_def#channels": [16, 16, 16],
     "network_def#num_head_channels": [0, 0, 16],
     "network_def#norm_num_groups": 8,
-    "conditional_network_def#channels": [16, 16, 16],
-    "conditional_network_def#num_head_channels": [0, 0, 16],
-    "conditional_network_def#norm_num_groups": 8,
     "autoencoder_iterations": 4,
     "autoencoder_batch_size": 4,
     "adversarial_warmup_iterations": 2,
@@ -103,12 +97,12 @@ def run_bundle(files: list[Path], **overrides) -> ConfigWorkflow:
 
 @pytest.mark.parametrize(
     "files",
-    [[AUTOENCODER], [AUTOENCODER, DIFFUSION], [AUTOENCODER, CONDITIONAL], [AUTOENCODER, DIFFUSION, CONDITIONAL]],
-    ids=["autoencoder", "diffusion", "conditional", "diffusion+conditional"],
+    [[AUTOENCODER], [AUTOENCODER, DIFFUSION], [AUTOENCODER, DIFFUSION, CONDITIONAL]],
+    ids=["autoencoder", "diffusion", "conditional"],
 )
 def test_config_networks_resolve_to_f4_vqvae_and_latent_unets(files):
     parser = parse(*files)
-    autoencoder = parser.get_parsed_content("autoencoder_def")
+    autoencoder = parser.get_parsed_content("autoencoder_def")()  # definitions are factories, recorded in cards
     assert isinstance(autoencoder, VQVAE)
     assert isinstance(parser.get_parsed_content("discriminator_def"), PatchDiscriminator)
     image = torch.rand(2, 1, 64, 64)
@@ -118,11 +112,11 @@ def test_config_networks_resolve_to_f4_vqvae_and_latent_unets(files):
     assert latent.shape == (2, 3, 16, 16)  # f = 4, embedding_dim 3
     assert reconstruction.shape == image.shape
     timesteps = torch.tensor([0, 999])
-    network = parser.get_parsed_content("network_def")
-    conditional = parser.get_parsed_content("conditional_network_def")
+    network = parser.get_parsed_content("network_def")()
+    conditional = CONDITIONAL in files  # the conditional stage widens the same UNet's input
+    network_input = torch.cat([latent, latent, latent[:, :1]], 1) if conditional else latent
     with torch.no_grad():
-        assert network(latent, timesteps).shape == latent.shape
-        assert conditional(torch.cat([latent, latent, latent[:, :1]], 1), timesteps).shape == latent.shape
+        assert network(network_input, timesteps).shape == latent.shape
     scheduler = parser.get_parsed_content("scheduler")
     assert scheduler.num_train_timesteps == 1000
     assert torch.isclose(scheduler.betas[0], torch.tensor(0.0015)) and torch.isclose(
@@ -137,24 +131,24 @@ def test_diffusion_configs_wire_monai_components_and_checkpoint_names():
     assert unconditional.get("train#inferer#_target_") == "DiffusionInferer"
     assert isinstance(unconditional.get_parsed_content("train#prepare_batch"), VPredictionPrepareBatch)
     assert conditional.get_parsed_content("train#prepare_batch").condition_name == "condition"
-    assert unconditional.get("diffusion_def") == "@network_def"
-    assert conditional.get("diffusion_def") == "@conditional_network_def"
+    assert conditional.get("diffusion_def") == unconditional.get("diffusion_def") == "@network_def"  # one network
+    assert conditional.get_parsed_content("network_def").keywords["in_channels"] == 7
     names = {
-        parser.get("train#handlers")[-1]["final_filename"]
+        parser.get_parsed_content("train#handlers#" + str(len(parser.get("train#handlers")) - 1) + "#final_filename")
         for parser in (parse(AUTOENCODER), unconditional, conditional)
     }
     assert names == {"model_autoencoder.pt", "model.pt", "model_conditional.pt"}
 
 
-def test_paper_profile_layers_over_every_stage_and_inference_with_ldm_sizes():
-    for files in ([AUTOENCODER], [AUTOENCODER, DIFFUSION], [AUTOENCODER, CONDITIONAL], [CONFIGS / "inference.json"]):
+def test_paper_profile_layers_over_every_stage_with_ldm_sizes():
+    for files in ([AUTOENCODER], [AUTOENCODER, DIFFUSION], [AUTOENCODER, DIFFUSION, CONDITIONAL]):
         parser = parse(*files, CONFIGS / "paper.json")
         assert parser.get_parsed_content("image_size") == 64  # the image size is the data's, not the profile's
         assert parser.get_parsed_content("prediction_type") == "epsilon"
         assert parser.get("network_def#channels") == [224, 448, 672, 896]
-        assert parser.get("conditional_network_def#channels") == [224, 448, 672, 896]
+    assert parser.get_parsed_content("network_def").keywords["in_channels"] == 7  # the conditional stage's
     assert parser.get_parsed_content("latent_factor") == 4
-    autoencoder = parser.get_parsed_content("autoencoder_def")
+    autoencoder = parser.get_parsed_content("autoencoder_def")()
     with torch.no_grad():
         assert autoencoder.encode_stage_2_inputs(torch.rand(1, 1, 32, 32)).shape == (1, 3, 8, 8)  # still f = 4
     assert autoencoder.num_embeddings == 8192
@@ -167,8 +161,8 @@ def test_multi_gpu_overrides_parse_and_keep_stage_run_lists():
     layered = parse(
         AUTOENCODER, DIFFUSION, CONFIGS / "multi_gpu_train_autoencoder.json", CONFIGS / "multi_gpu_train_diffusion.json"
     )
-    assert any("save_latent_scale" in expression for expression in layered.get("run"))
-    assert layered.get("diffusion#module").replace("::", "#") == "$@diffusion_def.to(@device)"
+    assert any("save_card(@diffusion_ckpt" in expression for expression in layered.get("run"))
+    assert layered.get("diffusion#module") == "@diffusion_network"
 
 
 # ----------------------------------------------------------------------------------------------- engines
@@ -307,21 +301,6 @@ def test_latent_scale_factor_is_one_over_the_std_of_all_latents():
         latent_scale_factor([{"image": torch.ones(3, 2, 2)}] * 2)
 
 
-def test_latent_scale_file_round_trip_and_errors(tmp_path):
-    path = str(tmp_path / "models" / "latent_scale.json")
-    save_latent_scale(path, 0.25)
-    assert json.loads(Path(path).read_text()) == {"scale_factor": 0.25}
-    assert load_latent_scale(path) == 0.25
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["latent_scale.json"]  # no temporary left
-    with pytest.raises(FileNotFoundError, match="nowhere.json"):
-        load_latent_scale(str(tmp_path / "nowhere.json"))
-    Path(path).write_text("[1.0]")
-    with pytest.raises(ValueError, match="scale_factor"):
-        load_latent_scale(path)
-    with pytest.raises(FileNotFoundError, match="model_autoencoder.pt"):
-        load_frozen_network(tiny_vqvae(), str(tmp_path / "model_autoencoder.pt"), "cpu")
-
-
 def test_encode_dataset_gives_latents_masked_latents_and_latent_keep_masks():
     images = torch.rand(5, 1, 16, 16)
     labels = torch.zeros(5, 1, 16, 16)
@@ -409,8 +388,12 @@ def test_autoencoder_stage_writes_a_flat_state_dict(trained_autoencoder):
     checkpoint = Path(trained_autoencoder["ckpt_dir"]) / "model_autoencoder.pt"
     state = torch.load(checkpoint, weights_only=True)
     assert all(isinstance(value, torch.Tensor) for value in state.values())
-    autoencoder = parse(AUTOENCODER, **TINY).get_parsed_content("autoencoder_def")
+    autoencoder = parse(AUTOENCODER, **TINY).get_parsed_content("autoencoder_def")()
     autoencoder.load_state_dict(state)  # strict: same keys and shapes as autoencoder_def
+    card = read_card(str(checkpoint))  # the card rebuilds exactly this network
+    assert card["network"]["channels"] == [8, 16] and card["settings"] == {"latent_factor": 4, "image_size": 64}
+    rebuilt = load_network(str(checkpoint)).state_dict()
+    assert all(torch.equal(rebuilt[key], value) for key, value in autoencoder.state_dict().items())
     assert list((Path(trained_autoencoder["output_dir"]) / "autoencoder").glob("events.out.tfevents.*"))
 
 
@@ -435,16 +418,14 @@ def test_diffusion_stage_scales_latents_by_data_and_its_loss_falls(trained_autoe
     set_determinism(None)
 
     ckpt_dir = Path(trained_autoencoder["ckpt_dir"])
-    parser = parse(AUTOENCODER, DIFFUSION, **TINY)
-    parser.get_parsed_content("network_def").load_state_dict(torch.load(ckpt_dir / "model.pt", weights_only=True))
-
-    autoencoder = parser.get_parsed_content("autoencoder_def")
-    autoencoder.load_state_dict(torch.load(ckpt_dir / "model_autoencoder.pt", weights_only=True))
+    autoencoder = str(ckpt_dir / "model_autoencoder.pt")
+    load_network(str(ckpt_dir / "model.pt"), inputs=[autoencoder], image_size=64)  # its card fits the run
     splits = load_splits(trained_autoencoder["dataset_dir"], num_labelled=TINY["num_labelled"])
     with torch.no_grad():
-        latents = autoencoder.eval().encode_stage_2_inputs(images_of(splits["train"] + splits["unlabelled"]))
-    scale = json.loads((ckpt_dir / "latent_scale.json").read_text())["scale_factor"]
-    assert scale == pytest.approx(1.0 / float(latents.std()), rel=1e-4)
+        latents = load_network(autoencoder).encode_stage_2_inputs(images_of(splits["train"] + splits["unlabelled"]))
+    settings = read_card(str(ckpt_dir / "model.pt"))["settings"]
+    assert settings["latent_scale"] == pytest.approx(1.0 / float(latents.std()), rel=1e-4)
+    assert settings["prediction_type"] == "v_prediction" and settings["conditional"] is False
 
     assert len(losses) == TINY["diffusion_iterations"]
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
@@ -453,12 +434,11 @@ def test_diffusion_stage_scales_latents_by_data_and_its_loss_falls(trained_autoe
 
 @pytest.mark.slow
 def test_conditional_stage_trains_the_concat_conditioned_unet(trained_autoencoder):
-    run_bundle([AUTOENCODER, CONDITIONAL], **{**trained_autoencoder, "diffusion_iterations": 4})
-    ckpt_dir = Path(trained_autoencoder["ckpt_dir"])
-    network = parse(AUTOENCODER, CONDITIONAL, **TINY).get_parsed_content("conditional_network_def")
-    network.load_state_dict(torch.load(ckpt_dir / "model_conditional.pt", weights_only=True))
+    run_bundle([AUTOENCODER, DIFFUSION, CONDITIONAL], **{**trained_autoencoder, "diffusion_iterations": 4})
+    checkpoint = str(Path(trained_autoencoder["ckpt_dir"]) / "model_conditional.pt")
+    network = load_network(checkpoint, conditional=True)
     assert network.in_channels == 7  # noisy latent 3 + masked image latent 3 + keep mask 1
-    assert load_latent_scale(str(ckpt_dir / "latent_scale.json")) > 0
+    assert read_card(checkpoint)["settings"]["latent_scale"] > 0
 
 
 @pytest.mark.slow
@@ -481,10 +461,6 @@ def test_multi_gpu_configs_train_with_two_cpu_processes(tiny_dataset, tmp_path):
         command = [*torchrun, "-m", "monai.bundle", "run", "--config_file", config_file, *arguments]
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-3000:]
-    parser = parse(AUTOENCODER, DIFFUSION, **TINY)
-    parser.get_parsed_content("autoencoder_def").load_state_dict(
-        torch.load(tmp_path / "models" / "model_autoencoder.pt", weights_only=True)
-    )
-    parser.get_parsed_content("network_def").load_state_dict(
-        torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    )
+    autoencoder = str(tmp_path / "models" / "model_autoencoder.pt")
+    load_network(autoencoder)  # flat state dicts that fit their cards (no DDP "module." prefix)
+    load_network(str(tmp_path / "models" / "model.pt"), inputs=[autoencoder])

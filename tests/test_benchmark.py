@@ -1,59 +1,78 @@
-"""The GAUDA benchmark, tiny: both schedulers sample (NFE = what the network really ran: a conditional and a null pass
-per step), and both downstream schemes train, GAUDA replacing samples, with the overhead ratio of the two timings."""
+"""The benchmark, tiny, for every method the bundles declare: each declared generator setting is timed with the
+network evaluations counted from outside the sampler, and GAUDA's online scheme against its baseline at equal steps."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
+from common.bundles import Bundle, find_methods
+from common.stages import run_workflow
 from scripts import benchmark
 
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
+pytestmark = [pytest.mark.usefixtures("single_torch_thread"), pytest.mark.slow]
 
-TINY_KNOBS = {
+TINY_SCHEMES = {
     "channels": [4, 8, 16, 32],
     "ensemble_size": 2,
     "num_workers": 0,
     "batch_size": 4,
+    "generator_steps": 2,
     "gauda_num_synthetic": 2,
     "gauda_synthesis_batch_size": 2,
     "gauda_replace_prob": 1.0,
 }
 
 
-def test_gauda_benchmark_tiny(monkeypatch):
-    network_rows: list[int] = []  # batch rows of every network call of the benchmark's samplers (warm-up included)
-    load = benchmark.load_joint_sampler
+TINY_NETWORKS = {  # the quick profile's shapes, narrower, so that a 1000-step DDPM chain takes seconds
+    "network_def#channels": [8, 8, 8],
+    "network_def#num_head_channels": [0, 8, 8],
+    "network_def#norm_num_groups": 8,
+}
 
-    def counting_load(*args, **kwargs):
-        sampler = load(*args, **kwargs)
-        sampler.network.register_forward_hook(lambda module, inputs, output: network_rows.append(inputs[0].shape[0]))
-        return sampler
 
-    monkeypatch.setattr(benchmark, "load_joint_sampler", counting_load)
-    rows = benchmark.gauda(
-        iterations=4, val_interval=2, ddim_steps=2, ddpm_steps=4, num_pairs=2, knobs=dict(TINY_KNOBS)
-    )
-    ddim, ddpm, training = rows
-    assert (ddim["sampler"], ddim["steps"]) == ("ddim", 2) and (ddpm["sampler"], ddpm["steps"]) == ("ddpm", 4)
-    for row in (ddim, ddpm):
+def tiny_trained(bundle: Bundle, folder) -> str:
+    """The bundle trained with its smoke knobs and narrow diffusion networks: real checkpoints with cards."""
+    knobs = {**bundle.evaluation["smoke_knobs"]["train"], **TINY_NETWORKS}
+    models = str(folder / "models")
+    run_workflow(bundle.config("train"), bundle_root=str(bundle.root), ckpt_dir=models, knobs=knobs)
+    return models
+
+
+@pytest.mark.parametrize("method", sorted(find_methods()))
+def test_every_declared_setting_is_timed_with_the_nfe_the_network_saw(method, monkeypatch, tmp_path):
+    bundle = find_methods()[method]
+    models = tiny_trained(bundle, tmp_path)
+    rows_seen: list[int] = []  # batch rows of every call of any diffusion UNet during the timed runs
+    forward = torch.nn.Module.__call__
+
+    def counting(module, *args, **kwargs):
+        if type(module).__name__ == "DiffusionModelUNet":
+            rows_seen.append((args[0] if args else kwargs["x"]).shape[0])
+        return forward(module, *args, **kwargs)
+
+    knobs = {"num_inference_steps": 3} if method == "augpaint" else {}
+    monkeypatch.setattr(torch.nn.Module, "__call__", counting)
+    rows = benchmark.benchmark(method, generator=models, batch_size=2, knobs=knobs)
+    assert [row["setting"] for row in rows] == [entry["name"] for entry in bundle.evaluation["benchmark"]]
+    for row in rows:
+        steps = row["knobs"].get("num_inference_steps") or 1000  # GAUDA's DDPM runs every training step
+        guided = 2 if method == "gauda" else 1  # classifier-free guidance: a conditional and a null row per step
+        assert row["nfe_per_sample"] == guided * steps
         assert row["pairs_per_second"] > 0 and row["peak_memory_mb"] > 0
-        assert row["nfe_per_sample"] == 2 * row["steps"]  # guidance: conditional + null pass at every step
-        assert row["network_calls_per_batch"] == row["steps"]  # ... batched in one network call
-    # every network call seen from outside: 2 warm-up + 2 timed pairs per scheduler, 2 rows per pair per step
-    assert sum(network_rows) == (2 + 2) * 2 * (2 + 4)
-    assert ddim["speed_vs_ddpm"] == pytest.approx(ddim["pairs_per_second"] / ddpm["pairs_per_second"])
-    assert ddpm["speed_vs_ddpm"] == 1.0
-    assert training["baseline_seconds"] > 0 and training["gauda_seconds"] > 0
-    assert training["overhead_ratio"] == pytest.approx(training["gauda_seconds"] / training["baseline_seconds"])
-    assert training["num_refreshes"] == 1 and training["synthesis_seconds_total"] > 0  # the last epoch skips it
-    assert training["replaced_total"] > 0
-    assert training["paper_reference"] == "22.6 h / 15.3 h = 1.48x"
+    assert rows[0]["speed_vs_first"] == 1.0
+    # what the network saw from outside: a 2-pair warm-up and the 2 timed pairs per setting
+    assert sum(rows_seen) == sum(4 * row["nfe_per_sample"] for row in rows)
 
 
-def test_gauda_benchmark_can_skip_training(tmp_path):
-    """A given generator folder is used as is; without training only the two sampler rows come back."""
-    config = str(benchmark.GAUDA_CONFIGS / "inference.json")
-    generator = benchmark.save_untrained_generator(str(tmp_path / "generator"), config)
-    rows = benchmark.gauda(ddim_steps=1, ddpm_steps=2, num_pairs=1, generator=generator, skip_training=True)
-    assert [row["sampler"] for row in rows] == ["ddim", "ddpm"]
-    assert [row["nfe_per_sample"] for row in rows] == [2, 4]
+def test_gauda_online_scheme_is_timed_against_its_baseline_at_equal_iterations(tmp_path):
+    models = tiny_trained(find_methods()["gauda"], tmp_path)
+    rows = benchmark.benchmark(
+        "gauda", models, batch_size=1, iterations=4, val_interval=2, scheme_knobs=TINY_SCHEMES, settings=[]
+    )
+    assert len(rows) == 2  # no generator setting asked for: the two scheme rows
+    baseline, gauda = rows[-2:]
+    assert (baseline["scheme"], gauda["scheme"]) == ("gauda: baseline", "gauda: gauda")
+    assert baseline["iterations"] == gauda["iterations"] == 4 and baseline["ratio_to_gauda: baseline"] == 1.0
+    assert gauda["ratio_to_gauda: baseline"] == pytest.approx(gauda["seconds"] / baseline["seconds"])
+    assert gauda["paper_reference"] == "22.6 h / 15.3 h = 1.48x"

@@ -1,4 +1,5 @@
-"""The evaluation protocol's guards: no leakage, honest controls, a feature space that needs no download."""
+"""The evaluation protocol's parts: no leakage, honest controls, arms and their references, runs reused only when
+nothing changed, summaries, the per-class figure, a feature space that needs no download."""
 
 from __future__ import annotations
 
@@ -11,18 +12,17 @@ import torch
 from monai.networks.nets import UNet
 from PIL import Image
 
-from common.controls import make_control_set, paste_on_background
+from common.bundles import find_methods, method_bundle
 from common.data import load_splits, pair_transforms, phantom_dataset
-from common.evaluation import (
-    LeakageError,
-    check_provenance,
-    class_condition_agreement,
-    load_synthetic_pairs,
-    unet_bottleneck_features,
-)
+from common.evaluation import LeakageError, check_provenance, load_synthetic_pairs
+from common.evaluation.arms import CLASSIC, REAL, scheme_arms, standard_arms, synthetic_arms
+from common.evaluation.controls import extra_real_copies, make_control_set, paste_on_background
+from common.evaluation.protocol import parse_schemes
+from common.evaluation.quality import class_condition_agreement, sample_diversity, unet_bottleneck_features
+from common.evaluation.report import score_summary, summarise, to_markdown, write_class_figure
+from common.evaluation.runs import files_digest, run_record
 from common.io import SyntheticDatasetWriter
 from common.regions import keep_mask
-from scripts.evaluate import build_scheme_arms, scheme_config_files, score_summary
 
 
 def _datalist(tmp_path, entries):
@@ -67,7 +67,7 @@ def test_leakage_names_every_offending_pair(tmp_path):
     with pytest.raises(LeakageError) as error:
         check_provenance(path, labelled, test)
     message = str(error.value)
-    assert "2 synthetic pair(s)" in message
+    assert "2 problem(s)" in message
     assert "outside.png" in message and unlabelled_mask in message
     assert "test.png" in message and "test split" in message
     assert "ok.png" not in message
@@ -162,15 +162,158 @@ def test_score_summary_reduces_images_then_classes_then_seeds():
     assert summary["class_mean"]["std"] == pytest.approx(np.std([0.325, 0.5], ddof=1))
 
 
-def test_schemes_layer_the_gauda_downstream_configs_and_unknown_ones_are_refused():
-    assert [Path(f).name for f in scheme_config_files("baseline")] == ["train_downstream_baseline.json"]
-    assert [Path(f).name for f in scheme_config_files("as")] == [
-        "train_downstream_baseline.json",
-        "train_downstream_as.json",
+def test_a_synthetic_pair_whose_own_files_are_held_out_is_refused(tmp_path):
+    """No provenance at all, but the pair's own files are a test-split pair or a real mask outside the subset."""
+    labelled = [{"image": str(tmp_path / "a.png"), "label": str(tmp_path / "a_mask.png")}]
+    test = [{"image": str(tmp_path / "t.png"), "label": str(tmp_path / "t_mask.png")}]
+    path = tmp_path / "synthetic" / "datalist.json"
+    path.parent.mkdir()
+    entries = [
+        {"image": test[0]["image"], "label": test[0]["label"]},
+        {"image": "images/x.png", "label": str(tmp_path / "b_mask.png")},
     ]
-    with pytest.raises(ValueError, match="unknown scheme"):
-        scheme_config_files("mixup")
+    path.write_text(json.dumps({"method": "augpaint", "training": entries}))
+    with pytest.raises(LeakageError) as error:
+        check_provenance(str(path), labelled, test, real_masks=[labelled[0]["label"], str(tmp_path / "b_mask.png")])
+    assert "own files are test-split files" in str(error.value) and "outside the labelled subset" in str(error.value)
+
+
+def test_methods_are_found_from_the_bundles_with_their_controls_and_schemes():
+    methods = find_methods()
+    assert {"augpaint", "gauda"} <= set(methods) and "segmentation" not in methods
+    assert methods["augpaint"].evaluation["controls"] == ["noise_background", "real_background"]
+    assert set(methods["gauda"].evaluation["schemes"]) == {"baseline", "aug", "as", "gauda"}
+    assert parse_schemes("gauda") == {"gauda": ["baseline", "aug", "as", "gauda"]}
+    assert parse_schemes("gauda:baseline,gauda:gauda") == {"gauda": ["baseline", "gauda"]}
+    with pytest.raises(ValueError, match="unknown method 'mixup'"):
+        method_bundle("mixup")
+    with pytest.raises(ValueError, match="declares no schemes"):
+        parse_schemes("augpaint")
+
+
+def _synthetic_set(tmp_path, pairs, method="augpaint", config=None) -> str:
+    load = pair_transforms(64, augment=False)
+    writer = SyntheticDatasetWriter(str(tmp_path / "run" / "synthetic"), method, config or {"mask_mode": "box"})
+    for index, pair in enumerate(pairs):
+        item = load(dict(pair))
+        source = {"source_image": pair["image"], "source_label": pair["label"]} if method == "augpaint" else {}
+        writer.write_pair(torch.rand(1, 64, 64), item["label"], seed=index, name=f"s{index}", **source)
+    return writer.finalize()
+
+
+def test_arms_of_a_synthetic_set_add_it_with_and_without_classic_aug_and_its_controls(tmp_path):
+    dataset = phantom_dataset(root=str(tmp_path / "data"), num_images=12)
+    train = load_splits(dataset, seed=0, num_labelled=4)["train"]
+    real = standard_arms(train)
+    assert [(a.name, a.classic, len(a.train)) for a in real] == [(REAL, False, 4), (CLASSIC, True, 4)]
+    augpaint = synthetic_arms(_synthetic_set(tmp_path, train), method_bundle("augpaint"), train, str(tmp_path), 64, 0)
+    names = [arm.name for arm in augpaint]
+    assert names == [
+        "real + augpaint (run)",
+        "real + classic aug + augpaint (run)",
+        "real + classic aug + augpaint (run) control: noise background",
+        "real + classic aug + augpaint (run) control: real background",
+    ]
+    assert [len(arm.train) for arm in augpaint] == [8, 8, 8, 8] and [a.classic for a in augpaint] == [0, 1, 1, 1]
+    assert all(arm.references == {"real": REAL, "classic": CLASSIC} for arm in augpaint)
+    gauda = synthetic_arms(
+        _synthetic_set(tmp_path / "g", train[:3], "gauda"),
+        method_bundle("gauda"),
+        train,
+        str(tmp_path),
+        64,
+        0,
+        True,
+        True,
+    )
+    control = gauda[2]
+    assert control.name.endswith("control: extra real copies") and control.classic
+    real_images = {p["image"] for p in train}
+    assert len(control.train) == 4 + 3 and all(p["image"] in real_images for p in control.train)
+    assert gauda[-1].name == "synthetic only: gauda (run)" and len(gauda[-1].train) == 3
+
+
+def test_extra_real_copies_cycle_through_the_real_pairs(tmp_path):
+    train = [{"image": f"i{k}", "label": f"m{k}"} for k in range(3)]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"training": [{"image": f"s{k}", "label": f"l{k}"} for k in range(7)]}))
+    copies = extra_real_copies(str(path), str(tmp_path), train, 64, seed=0)
+    assert len(copies) == 7 and {c["image"] for c in copies} == {"i0", "i1", "i2"}
+    assert copies[:3] == copies[3:6] and copies == extra_real_copies(str(path), str(tmp_path), train, 64, seed=0)
+
+
+def test_scheme_arms_use_the_method_configs_validation_and_reference_schemes(tmp_path):
+    train, val = [{"image": "a", "label": "b"}], [{"image": "c", "label": "d"}]
+    gauda = method_bundle("gauda")
+    arms = scheme_arms(gauda, ["baseline", "gauda"], train, val, str(tmp_path), {"ensemble_size": 2})
+    assert [Path(f).name for f in arms[1].config_files] == ["train_downstream.json", "train_downstream_gauda.json"]
+    assert arms[1].overrides["generator_ckpt_dir"] == str(tmp_path) and arms[1].overrides["ensemble_size"] == 2
+    assert arms[0].validation == val and arms[0].references == {"real": "gauda: baseline", "classic": "gauda: aug"}
     with pytest.raises(ValueError, match="needs --generator"):
-        build_scheme_arms(["baseline", "gauda"], [{}], [{}], generator=None, knobs={})
+        scheme_arms(gauda, ["gauda"], train, val, None, {})
     with pytest.raises(ValueError, match="validation pairs"):
-        build_scheme_arms(["baseline"], [{}], [], generator=None, knobs={})
+        scheme_arms(gauda, ["baseline"], train, [], None, {})
+    with pytest.raises(ValueError, match="no scheme"):
+        scheme_arms(gauda, ["mixup"], train, val, None, {})
+
+
+def test_a_run_record_changes_with_anything_that_shapes_the_scores(tmp_path):
+    """The data set, split, labelled subset and synthetic files are identified by the contents of their files."""
+    dataset = phantom_dataset(root=str(tmp_path / "data"), num_images=12)
+    other = phantom_dataset(root=str(tmp_path / "data"), num_images=12, seed=1)
+    splits = load_splits(dataset, seed=0, num_labelled=4)
+    arm = standard_arms(splits["train"])[0]
+    record = run_record(arm, 0, 100, 20, 64, splits["test"])
+    assert record == run_record(standard_arms(splits["train"])[0], 0, 100, 20, 64, splits["test"])
+    other_splits = load_splits(other, seed=0, num_labelled=4)
+    changes = {
+        "another data set": run_record(standard_arms(other_splits["train"])[0], 0, 100, 20, 64, other_splits["test"]),
+        "another subset": run_record(
+            standard_arms(load_splits(dataset, seed=1, num_labelled=4)["train"])[0], 0, 100, 20, 64, splits["test"]
+        ),
+        "another seed": run_record(arm, 1, 100, 20, 64, splits["test"]),
+        "another budget": run_record(arm, 0, 50, 20, 64, splits["test"]),
+        "another size": run_record(arm, 0, 100, 20, 32, splits["test"]),
+        "classic aug": run_record(standard_arms(splits["train"])[1], 0, 100, 20, 64, splits["test"]),
+    }
+    for what, changed in changes.items():
+        assert changed != record, what
+    assert files_digest(splits["train"]) == files_digest(list(reversed(splits["train"])))
+
+
+def test_summaries_compare_every_arm_with_its_real_and_classic_references(tmp_path):
+    class_names = ["background", "a"]
+    per_seed = {
+        name: [{m: np.array([[1.0, value + 0.01 * s]]) for m in ("dice", "iou")} for s in range(3)]
+        for name, value in {REAL: 0.5, CLASSIC: 0.6, "real + x": 0.7}.items()
+    }
+    references = {name: {"real": REAL, "classic": CLASSIC} for name in per_seed}
+    results = summarise(per_seed, class_names, references)
+    assert results[REAL]["differences"].keys() == {"classic"}  # never compared with itself
+    vs_classic = results["real + x"]["differences"]["classic"]["dice"]
+    assert vs_classic["mean"] == pytest.approx(0.1) and vs_classic["std"] == pytest.approx(0.0, abs=1e-12)
+    full = {
+        "data": "d",
+        "test_data": "d",
+        "labelled": 4,
+        "training_pairs": 3,
+        "validation_pairs": 1,
+        "iterations": 10,
+        "seeds": 3,
+        "class_names": class_names,
+        "arms": results,
+    }
+    markdown = to_markdown(full)
+    assert "| real + x |" in markdown and "+0.100" in markdown and "vs classic aug [95% CI]" in markdown
+    figure = write_class_figure(full, str(tmp_path / "dice.png"))
+    assert Image.open(figure).size[0] > 300
+
+
+def test_diversity_is_the_ms_ssim_of_images_from_the_same_source(tmp_path):
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray((np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)).save(tmp_path / "b.png")
+    same = [{"image": str(tmp_path / "a.png"), "source_image": "s"}] * 2
+    different = [{"image": str(tmp_path / n), "source_image": "s"} for n in ("a.png", "b.png")]
+    assert sample_diversity(same) == pytest.approx(1.0, abs=1e-4)
+    assert sample_diversity(different) < 0.2
+    assert np.isnan(sample_diversity(same[:1]))

@@ -12,6 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from errors import raises_through_bundle
+from gauda.generator import JointLatentGenerator, load_generator
+from gauda.joint_latents import (
+    class_condition,
+    encode_pairs,
+    joint_training_items,
+    one_hot_pair_transforms,
+    split_joint_latent,
+)
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset, load_decathlon_datalist
 from monai.engines import SupervisedTrainer
@@ -22,9 +31,10 @@ from monai.networks.nets import VQVAE, DiffusionModelUNet, PatchDiscriminator
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from monai.utils import set_determinism
 from PIL import Image
+from tiny_networks import NOISE_SCHEDULE, tiny_checkpoint, tiny_unet_definition, tiny_vqvae_definition
 
-from common.conditional_generation import ClassConditionalGenerationRun, observed_class_sets
-from common.data import load_splits, phantom_dataset, read_class_names
+from common.checkpoints import load_network, read_card
+from common.data import foreground_classes, load_splits, observed_class_sets, phantom_dataset, read_class_names
 from common.engines import (
     ConditionDropoutPrepareBatch,
     ProbabilityCrossEntropyLoss,
@@ -33,15 +43,8 @@ from common.engines import (
     generator_adversarial_loss,
     reconstruction_batch,
 )
-from common.joint_latents import (
-    class_condition,
-    encode_pairs,
-    joint_training_items,
-    one_hot_pair_transforms,
-    present_classes,
-    split_joint_latent,
-)
-from common.sampling import ClassifierFreeGuidanceSampler, JointLatentSampler, guided_output, load_joint_sampler
+from common.generation import GenerationRun, JobBatch, jobs_from_class_sets
+from common.sampling import ClassifierFreeDenoiser, DenoisingLoop, guided_output
 from common.stages import run_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +53,7 @@ AUTOENCODER = CONFIGS / "train_autoencoder.json"
 MASK_AUTOENCODER = CONFIGS / "train_mask_autoencoder.json"
 DIFFUSION = CONFIGS / "train_diffusion.json"
 INFERENCE = CONFIGS / "inference.json"
+PAPER_INFERENCE = CONFIGS / "paper_inference.json"
 
 NETWORKS = {
     "image_autoencoder_def#channels": [8, 16],
@@ -92,7 +96,7 @@ def tiny_vqvae(channels: int, embedding_dim: int, width: int = 8, num_embeddings
     )  # fmt: skip
 
 
-def tiny_joint_sampler(num_classes: int = 3, scheduler=None, steps: int = 3) -> JointLatentSampler:
+def tiny_generator(num_classes: int = 3, scheduler=None, steps: int = 3) -> JointLatentGenerator:
     torch.manual_seed(0)
     image_ae, mask_ae = tiny_vqvae(1, 2), tiny_vqvae(num_classes, 2)
     network = DiffusionModelUNet(
@@ -100,8 +104,35 @@ def tiny_joint_sampler(num_classes: int = 3, scheduler=None, steps: int = 3) -> 
         norm_num_groups=8, with_conditioning=True, cross_attention_dim=num_classes,
     )  # fmt: skip
     scheduler = scheduler or DDIMScheduler(1000, clip_sample=False, prediction_type="v_prediction")
-    sampler = ClassifierFreeGuidanceSampler(scheduler, steps, guidance=3.0)
-    return JointLatentSampler(image_ae, mask_ae, network, sampler, 2.0, 3.0, 2, 2, (4, 4), num_classes)
+    return JointLatentGenerator(
+        image_ae, mask_ae, network, scheduler, steps, 3.0, -1.0, 2.0, 3.0, 2, 2, (4, 4), num_classes
+    )
+
+
+CLASS_NAMES = ["background", "organ", "vessel", "nerve", "lesion"]
+
+
+def tiny_models(folder: Path) -> Path:
+    """Random-weight GAUDA checkpoints with cards, as the training stages write them (phantom classes, 32 px)."""
+    image = tiny_checkpoint(str(folder / "model_image_autoencoder.pt"), tiny_vqvae_definition(1, 2), image_size=32)
+    mask = tiny_checkpoint(str(folder / "model_mask_autoencoder.pt"), tiny_vqvae_definition(5, 2), image_size=32)
+    extra = {"with_conditioning": True, "cross_attention_dim": 5, "attention_levels": [False, True]}
+    tiny_checkpoint(
+        str(folder / "model.pt"),
+        tiny_unet_definition(4, 4, num_head_channels=8, **extra),
+        inputs=[image, mask],
+        noise_schedule=NOISE_SCHEDULE,
+        prediction_type="v_prediction",
+        image_latent_scale=2.0,
+        mask_latent_scale=3.0,
+        null_condition_value=-1.0,
+        image_channels=2,
+        mask_channels=2,
+        latent_size=[8, 8],
+        class_names=CLASS_NAMES,
+        image_size=32,
+    )
+    return folder
 
 
 # ------------------------------------------------------------------------------------ the mask autoencoder
@@ -153,9 +184,7 @@ def test_mask_autoencoder_round_trip_keeps_mask_classes(single_torch_thread):
     target = one_hot.argmax(1)
     assert (decoded == target).float().mean() > 0.93
     for index in range(4):
-        assert present_classes(torch.nn.functional.one_hot(decoded[index], num_classes).permute(2, 0, 1)) == (
-            present_classes(one_hot[index])
-        )
+        assert foreground_classes(decoded[index]) == foreground_classes(target[index])
 
 
 # ------------------------------------------------------------------------------------ conditions and latents
@@ -170,8 +199,6 @@ def test_class_condition_is_multi_hot_of_foreground_classes():
         class_condition([[0, 1]], 5)
     with pytest.raises(ValueError, match="foreground classes 1..4"):
         class_condition([[5]], 5)
-    one_hot = torch.nn.functional.one_hot(torch.tensor([[0, 3], [3, 1]]), 5).permute(2, 0, 1)
-    assert present_classes(one_hot) == [1, 3]
 
 
 def test_joint_items_concatenate_scaled_latents_and_carry_the_condition():
@@ -241,39 +268,35 @@ class ConstantModels(torch.nn.Module):
         return torch.where(is_null, torch.full_like(x, 0.5), torch.full_like(x, 2.0))
 
 
-class RecordingSampler(ClassifierFreeGuidanceSampler):
-    def step(self, model_output, timestep, sample, generators):
-        self.outputs = [*getattr(self, "outputs", []), model_output.clone()]
-        return super().step(model_output, timestep, sample, generators)
-
-
-def test_sampler_passes_context_and_null_context_and_steps_with_the_guided_output():
-    sampler = RecordingSampler(DDIMScheduler(1000, clip_sample=False), 4, guidance=3.0, null_value=-1.0)
+def test_the_guided_denoiser_passes_context_and_null_context_and_mixes_their_outputs():
     network = ConstantModels()
     context = class_condition([[1], [2]], 3)
-    sampler(network, (2, 1, 2, 2), context, [torch.Generator().manual_seed(s) for s in (0, 1)])
-    assert len(network.contexts) == 4
+    denoiser = ClassifierFreeDenoiser(network, context, guidance=3.0, null_value=-1.0)
+    output = denoiser(torch.zeros(2, 1, 2, 2), torch.tensor([500, 500]))
+    assert torch.allclose(output, torch.full_like(output, 4 * 2.0 - 3 * 0.5))
+    DenoisingLoop(DDIMScheduler(1000, clip_sample=False), 4)(
+        denoiser, [torch.Generator().manual_seed(s) for s in (0, 1)], (1, 2, 2)
+    )
+    assert len(network.contexts) == 5  # one batched call per step (and the one above)
     for seen in network.contexts:
         assert torch.equal(seen[:2], context) and torch.all(seen[2:] == -1.0)
-    for output in sampler.outputs:
-        assert torch.allclose(output, torch.full_like(output, 4 * 2.0 - 3 * 0.5))
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
-def test_joint_sampler_gives_pairs_that_depend_only_on_their_seed(scheduler):
+def test_generator_gives_pairs_that_depend_only_on_their_seed(scheduler):
     schedulers = {
         "ddim": DDIMScheduler(1000, clip_sample=False, prediction_type="v_prediction"),
-        "ddpm": DDPMScheduler(1000, clip_sample=False, prediction_type="v_prediction"),
+        "ddpm": DDPMScheduler(50, clip_sample=False, prediction_type="v_prediction"),  # a full, short chain
     }
-    sampler = tiny_joint_sampler(scheduler=schedulers[scheduler])
-    images, labels = sampler([[1], [2], [1, 2]], [5, 6, 7])
+    generator = tiny_generator(scheduler=schedulers[scheduler], steps=3 if scheduler == "ddim" else 50)
+    images, labels = generator(JobBatch([5, 6, 7], conditions=[[1], [2], [1, 2]]))
     assert images.shape == labels.shape == (3, 1, 16, 16)
     assert images.min() >= 0 and images.max() <= 1
     assert labels.dtype == torch.int64 and labels.min() >= 0 and labels.max() < 3
-    alone, alone_labels = sampler([[2]], [6])
+    alone, alone_labels = generator(JobBatch([6], conditions=[[2]]))
     assert torch.allclose(alone, images[1:2], atol=1e-5) and torch.equal(alone_labels, labels[1:2])
-    with pytest.raises(ValueError, match="one seed per class set"):
-        sampler([[1]], [1, 2])
+    with pytest.raises(ValueError, match="a condition and a seed each"):
+        generator(JobBatch([1, 2], conditions=[[1]]))
 
 
 def test_conditioning_decides_the_class_on_a_toy_trained_for_seconds():
@@ -302,11 +325,9 @@ def test_conditioning_decides_the_class_on_a_toy_trained_for_seconds():
         prepare_batch=ConditionDropoutPrepareBatch(scheduler, drop_prob=0.2, seed=0),
     )
     trainer.run()
-    sampler = ClassifierFreeGuidanceSampler(
-        DDIMScheduler(1000, clip_sample=False, prediction_type="v_prediction"), 20, guidance=3.0
-    )
-    context = class_condition([[1]] * 4 + [[2]] * 4, 3)
-    latents = sampler(network.eval(), (8, 2, 4, 4), context, [torch.Generator().manual_seed(s) for s in range(8)])
+    loop = DenoisingLoop(DDIMScheduler(1000, clip_sample=False, prediction_type="v_prediction"), 20)
+    denoiser = ClassifierFreeDenoiser(network.eval(), class_condition([[1]] * 4 + [[2]] * 4, 3), guidance=3.0)
+    latents = loop(denoiser, [torch.Generator().manual_seed(s) for s in range(8)], (2, 4, 4))
     means = latents.mean(dim=(1, 2, 3))
     assert torch.all(means[:4] > 0.5) and torch.all(means[4:] < -0.5), means
 
@@ -316,20 +337,20 @@ def test_conditioning_decides_the_class_on_a_toy_trained_for_seconds():
 
 @pytest.mark.parametrize(
     "files",
-    [[AUTOENCODER], [AUTOENCODER, MASK_AUTOENCODER], [AUTOENCODER, DIFFUSION], [INFERENCE]],
-    ids=["image_autoencoder", "mask_autoencoder", "diffusion", "inference"],
+    [[AUTOENCODER], [AUTOENCODER, MASK_AUTOENCODER], [AUTOENCODER, DIFFUSION]],
+    ids=["image_autoencoder", "mask_autoencoder", "diffusion"],
 )
 def test_configs_resolve_to_same_size_latents_and_a_conditional_joint_unet(files):
     parser = parse(*files)
     num_classes = parser.get_parsed_content("num_classes")
-    image_ae = parser.get_parsed_content("image_autoencoder_def")
-    mask_ae = parser.get_parsed_content("mask_autoencoder_def")
+    image_ae = parser.get_parsed_content("image_autoencoder_def")()  # definitions are factories, kept in the cards
+    mask_ae = parser.get_parsed_content("mask_autoencoder_def")()
     with torch.no_grad():
         image_latent = image_ae.encode_stage_2_inputs(torch.rand(2, 1, 64, 64))
         mask_latent = mask_ae.encode_stage_2_inputs(torch.rand(2, num_classes, 64, 64))
         assert image_latent.shape == mask_latent.shape == (2, 4, 16, 16)
         joint = torch.cat([image_latent, mask_latent], 1)
-        network = parser.get_parsed_content("network_def")
+        network = parser.get_parsed_content("network_def")()
         output = network(joint, torch.tensor([0, 999]), context=class_condition([[1], [2, 3]], num_classes))
     assert output.shape == joint.shape
 
@@ -350,13 +371,23 @@ def test_training_configs_wire_the_stage_parts(tmp_path):
     prepare = diffusion.get_parsed_content("train#prepare_batch")
     assert isinstance(prepare, ConditionDropoutPrepareBatch)
     assert prepare.drop_prob == 0.2 and prepare.null_value == -1.0
-    inference = parse(INFERENCE)
-    assert inference.get_parsed_content("guided_sampler").null_value == prepare.null_value
-    assert inference.get_parsed_content("guided_sampler").guidance == 3.0
-    assert inference.get_parsed_content("num_inference_steps") == 50
-    ddpm = parse(INFERENCE, sampler="ddpm")
+    assert any("null_condition_value=@null_condition_value" in step for step in diffusion.get("run"))  # in the card
+
+
+def test_inference_builds_the_generator_from_the_cards_of_its_checkpoints(tmp_path):
+    models = {"ckpt_dir": str(tiny_models(tmp_path / "models")), "image_size": 32}
+    generator = parse(INFERENCE, **models).get_parsed_content("generator")
+    assert generator.null_value == -1.0 and generator.guidance == 3.0 and generator.loop.num_inference_steps == 50
+    assert (generator.image_scale, generator.mask_scale, generator.latent_size) == (2.0, 3.0, (8, 8))
+    ddpm = parse(INFERENCE, sampler="ddpm", **models)
     assert isinstance(ddpm.get_parsed_content("scheduler"), DDPMScheduler)
-    assert ddpm.get_parsed_content("num_inference_steps") == 1000
+    assert ddpm.get_parsed_content("num_inference_steps") == 1000  # every training step: a DDPM chain needs them
+    paper = parse(INFERENCE, PAPER_INFERENCE, **models)
+    assert paper.get_parsed_content("sampler") == "ddpm" and paper.get_parsed_content("guidance") == 3.0
+    with raises_through_bundle(ValueError, "needs all 1000 steps"):
+        parse(INFERENCE, sampler="ddpm", num_inference_steps=50, **models).get_parsed_content("generator")
+    with raises_through_bundle(ValueError, "image_size: asked for 64, trained with 32"):
+        parse(INFERENCE, ckpt_dir=models["ckpt_dir"]).get_parsed_content("generator")
 
 
 @pytest.mark.parametrize("mask_stage", [False, True], ids=["image", "mask"])
@@ -368,8 +399,7 @@ def test_autoencoder_stage_reports_the_reconstruction_of_its_final_network(tmp_p
     workflow = run_workflow(files, **overrides, autoencoder_val_pairs=4)
     metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
     name = "mask" if mask_stage else "image"
-    autoencoder = workflow.parser.get_parsed_content(f"{name}_autoencoder_def")
-    autoencoder.load_state_dict(torch.load(tmp_path / "models" / f"model_{name}_autoencoder.pt"))
+    autoencoder = load_network(str(tmp_path / "models" / f"model_{name}_autoencoder.pt"), image_size=64)
     pairs = load_splits(None, seed=0, num_labelled=TINY["num_labelled"])["train"][:4]
     num_classes = len(read_class_names(None))
     batch = next(iter(DataLoader(Dataset(pairs, one_hot_pair_transforms(64, num_classes)), batch_size=4)))
@@ -396,35 +426,24 @@ def test_train_json_lists_the_three_stages_and_paper_profile_layers():
     assert stages[1]["config_file"][-1].endswith("train_mask_autoencoder.json")
     paper = parse(AUTOENCODER, DIFFUSION, CONFIGS / "paper.json")
     assert paper.get_parsed_content("prediction_type") == "epsilon"
-    assert paper.get_parsed_content("image_autoencoder_def").encode_stage_2_inputs(
-        torch.rand(1, 1, 128, 128)
-    ).shape == (
-        1,
-        4,
-        32,
-        32,
-    )  # the paper's 128 px -> 4 x 32 x 32
-    paper_inference = parse(INFERENCE, CONFIGS / "paper.json")
-    assert isinstance(paper_inference.get_parsed_content("scheduler"), DDPMScheduler)
-    assert paper_inference.get_parsed_content("num_inference_steps") == 1000
-    for name in ("metadata.json", "multi_gpu_train_autoencoder.json", "multi_gpu_train_diffusion.json"):
-        assert isinstance(json.loads((CONFIGS / name).read_text()), dict)
+    autoencoder = paper.get_parsed_content("image_autoencoder_def")()
+    assert autoencoder.encode_stage_2_inputs(torch.rand(1, 1, 128, 128)).shape == (1, 4, 32, 32)  # 128 px -> 4x32x32
 
 
 # ------------------------------------------------------------------------------------ generation run
 
 
 def test_generation_run_writes_a_datalist_with_conditions_and_class_index_masks(tmp_path):
-    sampler = tiny_joint_sampler()
-    run = ClassConditionalGenerationRun(sampler, [[1], [1, 2]], str(tmp_path), "gauda", {"k": 1}, 2, 10, 3, 3, False)
-    datalist = run.run()
+    generator = tiny_generator()
+    jobs = jobs_from_class_sets([[1], [1, 2]], 2, 10)
+    datalist = GenerationRun(jobs, generator, str(tmp_path), "gauda", {"k": 1}, 3, num_classes=3, progress=False).run()
     entries = load_decathlon_datalist(datalist, data_list_key="training")
     assert [Path(e["image"]).name for e in entries] == ["c1_s0.png", "c1_s1.png", "c1-2_s0.png", "c1-2_s1.png"]
     content = json.loads(Path(datalist).read_text())["training"]
     assert [e["condition"] for e in content] == [[1], [1], [1, 2], [1, 2]]
     assert [e["seed"] for e in content] == [10, 11, 12, 13]
     assert all(e["source_image"] is None and e["source_label"] is None for e in content)
-    _, labels = sampler([[1, 2]], [13])
+    _, labels = generator(JobBatch([13], conditions=[[1, 2]]))
     written = np.asarray(Image.open(entries[3]["label"]))
     assert np.array_equal(written, labels[0, 0].numpy()) and written.max() < 3
 
@@ -439,21 +458,19 @@ def test_train_stages_and_inference_end_to_end(tmp_path):
     run_workflow(str(CONFIGS / "train.json"), **{**common, "knobs": {**TINY, "output_dir": str(tmp_path / "eval")}})
     names = ["model_image_autoencoder.pt", "model_mask_autoencoder.pt", "model.pt"]
     assert all((ckpt_dir / name).is_file() for name in names)
-    scales = [json.loads((ckpt_dir / f"latent_scale_{p}.json").read_text())["scale_factor"] for p in ("image", "mask")]
-    assert all(scale > 0 for scale in scales)
-    inference = {**NETWORKS, **common, "output_dir": str(synthetic), "num_samples": 2, "classes": [1, 4]}
+    settings = read_card(str(ckpt_dir / "model.pt"))["settings"]
+    assert settings["image_latent_scale"] > 0 and settings["mask_latent_scale"] > 0
+    inference = {**common, "output_dir": str(synthetic), "num_samples": 2, "classes": [1, 4]}
     run_workflow(str(INFERENCE), workflow_type="infer", num_inference_steps=3, progress=False, **inference)
     entries = load_decathlon_datalist(str(synthetic / "datalist.json"), data_list_key="training")
     assert len(entries) == 2 and all(entry["condition"] == [1, 4] for entry in entries)
     for entry in entries:
         mask = np.asarray(Image.open(entry["label"]))
         assert mask.shape == (64, 64) and mask.max() < 5
-    sampler = load_joint_sampler(
-        str(INFERENCE), ckpt_dir=str(ckpt_dir), device="cpu", num_inference_steps=2, **NETWORKS
-    )
-    images, labels = sampler([[1, 4], [2]], [0, 1])
+    generator = load_generator(str(INFERENCE), ckpt_dir=str(ckpt_dir), device="cpu", num_inference_steps=2)
+    images, labels = generator(JobBatch([0, 1], conditions=[[1, 4], [2]]))
     assert images.shape == labels.shape == (2, 1, 64, 64)
-    assert sampler.sampler.num_inference_steps == 2 and sampler.image_scale == pytest.approx(scales[0])
+    assert generator.loop.num_inference_steps == 2 and generator.image_scale == settings["image_latent_scale"]
 
 
 @pytest.mark.slow
@@ -477,8 +494,6 @@ def test_multi_gpu_configs_train_the_mask_autoencoder_and_the_ldm_with_two_cpu_p
         assert result.returncode == 0, result.stderr[-3000:]
         logs.append(result.stdout + result.stderr)
     assert "val_mean_dice" in logs[0]  # the reconstruction check ran and rank 0 reported it
-    sampler = load_joint_sampler(
-        str(INFERENCE), ckpt_dir=str(tmp_path / "models"), device="cpu", num_inference_steps=2, **NETWORKS
-    )
-    images, labels = sampler([[1], [2]], [0, 1])
+    generator = load_generator(str(INFERENCE), ckpt_dir=str(tmp_path / "models"), device="cpu", num_inference_steps=2)
+    images, labels = generator(JobBatch([0, 1], conditions=[[1], [2]]))
     assert images.shape == labels.shape == (2, 1, 64, 64)

@@ -6,6 +6,7 @@ config trains for a few iterations."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -21,15 +22,15 @@ from torch import nn
 from torch.utils.data import WeightedRandomSampler
 
 from common.augmentation import crop_flip_rotate_augmentation
+from common.checkpoints import load_network
 from common.data import load_splits
 from common.handlers import AdaptiveSamplingHandler, GAUDAHandler, sample_class_sets, top_k_uncertain_classes
 from common.networks import DeepEnsemble, MemberMeanLoss, bayesian_segmenter
-from common.sampling import save_untrained_generator
+from common.stages import run_workflow
 
 REPO = Path(__file__).resolve().parents[1]
-SEGMENTATION = str(REPO / "bundles" / "segmentation" / "configs" / "train.json")
 CONFIGS = REPO / "bundles" / "gauda" / "configs"
-BASELINE = str(CONFIGS / "train_downstream_baseline.json")
+BASELINE = str(CONFIGS / "train_downstream.json")
 SCHEMES = ("baseline", "aug", "as", "gauda")
 
 
@@ -59,15 +60,16 @@ def two_member_ensemble() -> DeepEnsemble:
     return DeepEnsemble(lambda: ConstantProbabilities(next(members)), num_members=2)
 
 
-def fake_generator(calls: list | None = None):
-    """``(class_sets, seeds) -> (images, labels)`` on 8x8: pair i's label shows its class set in rows, its image is
-    constant seed / 1000 (so a replaced sample tells which pair it came from)."""
+def fake_generator(calls: list | None = None, size: int = 8):
+    """A pair generator on ``size`` px: pair i's label shows its class set in rows, its image is constant
+    seed / 1000 (so a replaced sample tells which pair it came from)."""
 
-    def generate(class_sets, seeds):
+    def generate(batch):
+        class_sets, seeds = batch.conditions, batch.seeds
         if calls is not None:
             calls.append((list(class_sets), list(seeds)))
-        images = torch.stack([torch.full((1, 8, 8), s / 1000.0) for s in seeds])
-        labels = torch.zeros(len(seeds), 1, 8, 8)
+        images = torch.stack([torch.full((1, size, size), s / 1000.0) for s in seeds])
+        labels = torch.zeros(len(seeds), 1, size, size)
         for i, classes in enumerate(class_sets):
             for row, c in enumerate(classes):
                 labels[i, 0, row] = c
@@ -251,6 +253,22 @@ def test_adaptive_sampling_moves_weights_towards_poorly_scored_classes():
     assert handler.class_weights[1] == pytest.approx(0.1, abs=1e-3)
 
 
+def test_adaptive_sampling_does_not_upweight_a_class_no_validation_mask_shows():
+    """MONAI's MeanDice reports 0 for a class absent from every validation mask: that is no evidence of errors."""
+    sampler = WeightedRandomSampler(torch.ones(3, dtype=torch.float64), num_samples=30, replacement=True)
+    names = ["val_dice_a", "val_dice_b"]
+    handler = AdaptiveSamplingHandler(sampler, [[1], [2], []], names, validation_classes=[[1], []], momentum=0.5)
+    handler.update([0.8, 0.0])
+    torch.testing.assert_close(handler.class_weights[1:], torch.tensor([0.6, 1.0], dtype=torch.float64))
+    everything = AdaptiveSamplingHandler(sampler, [[1], [2], []], names, momentum=0.5)
+    everything.update([0.8, 0.0])  # without validation classes every class is scored
+    torch.testing.assert_close(everything.class_weights[1:], torch.tensor([0.6, 1.0], dtype=torch.float64))
+    everything.update([0.8, 0.0])
+    assert everything.class_weights[2] == 1.0 and handler.class_weights[2] == 1.0
+    handler.update([0.8, 0.5])
+    assert handler.class_weights[2] == 1.0  # class b is never scored: no validation mask shows it
+
+
 def test_sample_class_sets_are_the_classes_of_each_mask_file():
     pairs = load_splits(None)["train"][:4]
     expected = [sorted(int(v) for v in np.unique(np.asarray(Image.open(p["label"]))) if v > 0) for p in pairs]
@@ -272,9 +290,7 @@ def test_crop_flip_rotate_moves_image_and_label_together():
 
 
 def _files(scheme: str) -> list[str]:
-    return [SEGMENTATION, BASELINE] + (
-        [] if scheme == "baseline" else [str(CONFIGS / f"train_downstream_{scheme}.json")]
-    )
+    return [BASELINE] + ([] if scheme == "baseline" else [str(CONFIGS / f"train_downstream_{scheme}.json")])
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -284,11 +300,12 @@ def test_downstream_configs_parse(scheme):
     parser.update({"ensemble_size": 2, "channels": [4, 8, 16, 32]})
     assert parser.get_parsed_content("scheme") == scheme
     assert parser.get_parsed_content("ckpt_name") == f"model_downstream_{scheme}.pt"
-    network = parser.get_parsed_content("network_def")
+    network = parser.get_parsed_content("network_def")()
     assert isinstance(network, DeepEnsemble) and len(network.members) == 2
     assert isinstance(parser.get_parsed_content("loss"), MemberMeanLoss)
     if scheme == "gauda":
-        assert parser["generator"]["_target_"] == "common.sampling.joint_sampler.load_joint_sampler"
+        assert parser["generator"]["_target_"] == "gauda.generator.load_generator"
+        assert parser["generator_steps"] is None  # the sampler's own default: 50 DDIM steps, every DDPM step
         assert parser["train#handlers"][-1] == "@gauda_handler"
     if scheme == "as":
         assert parser["validate#handlers"][-1] == "@adaptive_sampling"
@@ -316,9 +333,7 @@ def test_downstream_scheme_trains_a_few_iterations(scheme, tmp_path):
     overrides = _tiny_run(tmp_path)
     if scheme == "gauda":
         overrides.update(gauda_replace_prob=1.0, gauda_num_synthetic=4, gauda_synthesis_batch_size=2)
-        overrides["generator"] = lambda sets, seeds: tuple(
-            torch.nn.functional.interpolate(t, size=(64, 64), mode="nearest") for t in fake_generator()(sets, seeds)
-        )
+        overrides["generator"] = fake_generator(size=64)
     workflow = ConfigWorkflow(config_file=_files(scheme), workflow_type="train", logging_file=False, **overrides)
     workflow.initialize()
     losses: list[float] = []
@@ -328,7 +343,7 @@ def test_downstream_scheme_trains_a_few_iterations(scheme, tmp_path):
     workflow.finalize()
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     checkpoint = tmp_path / "models" / f"model_downstream_{scheme}.pt"
-    workflow.parser.get_parsed_content("network_def").load_state_dict(torch.load(checkpoint))
+    assert isinstance(load_network(str(checkpoint), image_size=64), DeepEnsemble)  # its card rebuilds it
     if scheme == "gauda":
         handler = workflow.parser.get_parsed_content("gauda_handler")
         assert handler.chosen_classes and handler.replaced_total > 0
@@ -337,26 +352,35 @@ def test_downstream_scheme_trains_a_few_iterations(scheme, tmp_path):
         assert not torch.allclose(weights, weights[0].expand_as(weights))
 
 
-def _untrained_generator_checkpoints(ckpt_dir: Path) -> str:
-    """Random-weight checkpoints of the bundle's two autoencoders and joint LDM; returns the inference config."""
-    inference = str(CONFIGS / "inference.json")
-    save_untrained_generator(str(ckpt_dir), inference)
-    return inference
+def smoke_trained_generator(folder: Path) -> Path:
+    """The GAUDA bundle's generator trained with its smoke knobs (a few iterations): real checkpoints and cards."""
+    knobs = json.loads((CONFIGS / "evaluate.json").read_text())["smoke_knobs"]["train"]
+    models = folder / "models"
+    run_workflow(str(CONFIGS / "train.json"), bundle_root=str(CONFIGS.parent), ckpt_dir=str(models), knobs=knobs)
+    return models
 
 
-def test_gauda_scheme_runs_with_the_bundle_generator(tmp_path):
-    """The `generator` id builds the bundle's joint sampler from inference.json and the loop trains with its pairs."""
-    inference = _untrained_generator_checkpoints(tmp_path / "models")
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_gauda_scheme_runs_with_the_bundle_generator(tmp_path, sampler):
+    """The `generator` id builds the bundle's generator from inference.json and the loop trains with its pairs; with
+    DDPM the generator runs every training step (a shorter DDPM chain would end far from t = 0)."""
+    models = smoke_trained_generator(tmp_path)
     overrides = {
         **_tiny_run(tmp_path),
-        "generator_config": inference,
-        "ddim_steps": 2,
+        "generator_ckpt_dir": str(models),
+        "generator_sampler": sampler,
+        "generator_steps": 2 if sampler == "ddim" else None,
         "gauda_num_synthetic": 2,
         "gauda_synthesis_batch_size": 2,
         "gauda_replace_prob": 1.0,
     }
     workflow = ConfigWorkflow(config_file=_files("gauda"), workflow_type="train", logging_file=False, **overrides)
     workflow.initialize()
+    generator = workflow.parser.get_parsed_content("generator")
+    assert generator.loop.num_inference_steps == (2 if sampler == "ddim" else 1000)
+    if sampler == "ddpm":
+        return  # the step count is what went wrong; sampling 1000 steps is left to the measured runs
     workflow.run()
     workflow.finalize()
     handler = workflow.parser.get_parsed_content("gauda_handler")
@@ -385,6 +409,6 @@ def test_downstream_baseline_builds_an_mc_dropout_unet_on_request():
     parser = ConfigParser()
     parser.read_config(_files("baseline"))
     parser.update({"bayesian_model": "mc_dropout", "channels": [4, 8, 16, 32]})
-    network = parser.get_parsed_content("network_def")
+    network = parser.get_parsed_content("network_def")()
     assert not isinstance(network, DeepEnsemble)
     assert any(isinstance(m, nn.Dropout) and m.p == pytest.approx(0.2) for m in network.modules())

@@ -1,4 +1,4 @@
-"""The generation run end to end on phantom pairs with tiny networks: datalist, filter counts, kept regions, resume."""
+"""The generation pipeline with a stand-in generator: jobs, provenance, conditions, filters, resume after a crash."""
 
 from __future__ import annotations
 
@@ -7,23 +7,23 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
-from monai.bundle import ConfigParser
 from monai.data import load_decathlon_datalist
 from monai.networks.nets import UNet
-from monai.networks.schedulers import DDIMScheduler
-from tiny_networks import tiny_diffusion_unet, tiny_vqvae
 
-from common.checkpoints import load_frozen_network
 from common.data import load_splits, pair_transforms, phantom_dataset
-from common.generation import GenerationRun, LatentInpainter, plan_jobs
+from common.filtering import ConfidenceFilter, DiceFilter
+from common.generation import (
+    GenerationRun,
+    JobBatch,
+    jobs_from_class_sets,
+    jobs_from_label_maps,
+    jobs_from_noise,
+    jobs_from_pairs,
+)
 from common.io import SyntheticDatasetWriter
-from common.regions import class_boxes, flip_boxes, keep_mask, to_latent_grid
-from common.sampling import LatentInpaintingSampler
 
 SIZE = 32
 NUM_CLASSES = 5
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -37,31 +37,30 @@ def load(pair: dict) -> dict[str, torch.Tensor]:
     return {key: torch.as_tensor(item[key]).as_subclass(torch.Tensor) for key in ("image", "label")}
 
 
-class PixelShuffleAutoencoder(torch.nn.Module):
-    """f=4 autoencoder whose decoder is the exact inverse of its encoder (space-to-depth and back)."""
-
-    def encode_stage_2_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_unshuffle(x, 4)
-
-    def decode_stage_2_outputs(self, z: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(z, 4)
+def read(datalist_path: str) -> dict:
+    with open(datalist_path) as f:
+        return json.load(f)
 
 
-class Wobble(torch.nn.Module):
-    """A deterministic stand-in noise predictor; records the channel count it is fed."""
+class Recolour:
+    """A stand-in generator: the source image darkened by a seed-dependent amount (or a seeded blob from noise),
+    the source label (or a square of the first conditioned class); records what it was given."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.input_channels: list[int] = []
+        self.batches: list[JobBatch] = []
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        self.input_channels.append(x.shape[1])
-        return torch.sin(3 * x[:, :16])
-
-
-def ddim_sampler(steps: int = 3) -> LatentInpaintingSampler:
-    scheduler = DDIMScheduler(1000, "scaled_linear_beta", beta_start=0.0015, beta_end=0.0195, clip_sample=False)
-    return LatentInpaintingSampler(scheduler, steps)
+    def __call__(self, batch: JobBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        self.batches.append(batch)
+        if batch.images is not None:
+            factors = torch.tensor([0.5 + (s % 7) / 20 for s in batch.seeds]).view(-1, 1, 1, 1)
+            return batch.images * factors, batch.labels
+        images = torch.stack(
+            [torch.rand(1, SIZE, SIZE, generator=torch.Generator().manual_seed(s)) for s in batch.seeds]
+        )
+        labels = torch.zeros(len(batch), 1, SIZE, SIZE, dtype=torch.long)
+        for index, classes in enumerate(batch.conditions or [[1]] * len(batch)):
+            labels[index, :, 8:16, 8:16] = classes[0] if classes else 0
+        return images, labels
 
 
 def tiny_segmenter() -> UNet:
@@ -69,98 +68,109 @@ def tiny_segmenter() -> UNet:
     return UNet(2, 1, NUM_CLASSES, channels=(4, 8), strides=(2,), num_res_units=0).eval()
 
 
-def exact_inpainter(**kwargs) -> LatentInpainter:
-    return LatentInpainter(PixelShuffleAutoencoder(), Wobble(), ddim_sampler(), scale_factor=2.0, **kwargs)
-
-
-def run(pairs, output_dir, synthesize, **kwargs) -> str:
-    options = {"num_samples": 2, "seed": 10, "batch_size": 4, "image_size": SIZE, "progress": False}
-    options.update(kwargs)
-    config = {"num_samples": options["num_samples"], "keep_fraction": options.get("keep_fraction")}
+def run(jobs, output_dir, generator=None, **kwargs) -> str:
+    options = {"batch_size": 4, "image_size": SIZE, "progress": False, "num_classes": NUM_CLASSES}
     return GenerationRun(
-        pairs, synthesize, str(output_dir), "augpaint", config, num_classes=NUM_CLASSES, **options
+        jobs, generator or Recolour(), str(output_dir), "test", {"k": 1}, **{**options, **kwargs}
     ).run()
 
 
-def read(datalist_path: str) -> dict:
-    with open(datalist_path) as f:
-        return json.load(f)
-
-
-def test_jobs_have_stable_names_and_seeds(pairs):
-    jobs = plan_jobs(pairs, num_samples=3, seed=100)
+def test_job_planners_give_stable_names_and_seeds(pairs):
+    jobs = jobs_from_pairs(pairs, num_samples=3, seed=100)
     stem = os.path.basename(pairs[1]["image"]).removesuffix(".png")
     assert [(j.name, j.seed) for j in jobs[3:6]] == [(f"{stem}_s{k}", 103 + k) for k in range(3)]
-    with pytest.raises(ValueError, match="share the file name"):
-        plan_jobs([pairs[0], dict(pairs[0])], 1, 0)
+    assert jobs[3].source == {"image": pairs[1]["image"], "label": pairs[1]["label"]}
+    with pytest.raises(ValueError, match="share the name"):
+        jobs_from_pairs([pairs[0], dict(pairs[0])], 1, 0)
+    with pytest.raises(ValueError, match="no label"):
+        jobs_from_pairs([{"image": pairs[0]["image"]}], 1, 0)
+    sets = jobs_from_class_sets([[4, 1], []], num_samples=2, seed=5)
+    assert [(j.name, j.seed, j.condition) for j in sets] == [
+        ("c1-4_s0", 5, (1, 4)),
+        ("c1-4_s1", 6, (1, 4)),
+        ("c0_s0", 7, ()),
+        ("c0_s1", 8, ()),
+    ]
+    assert [(j.name, j.seed, j.source) for j in jobs_from_noise(2, seed=3)] == [
+        ("n00000", 3, None),
+        ("n00001", 4, None),
+    ]
+    maps = jobs_from_label_maps([pairs[0]["label"]], 2, 0)
+    assert maps[1].source == {"label": pairs[0]["label"]} and maps[1].name.endswith("_s1")
 
 
-def test_vqvae_and_diffusion_unet_end_to_end_with_the_filter(pairs, tmp_path):
-    torch.manual_seed(0)
-    autoencoder = tiny_vqvae().eval()
-    unet = tiny_diffusion_unet().eval()
-    inpainter = LatentInpainter(autoencoder, unet, ddim_sampler(), scale_factor=1.5)
-    path = run(pairs, tmp_path, inpainter, segmenter=tiny_segmenter(), keep_fraction=0.5)
-
+def test_a_run_from_labelled_pairs_records_provenance_and_keeps_masks(pairs, tmp_path):
+    generator = Recolour()
+    path = run(jobs_from_pairs(pairs, 2, 10), tmp_path, generator)
     datalist = read(path)
-    assert datalist["method"] == "augpaint" and datalist["dropped"] == 3  # 3 pairs x 2 samples, top half kept
+    assert datalist["method"] == "test" and datalist["config"] == {"k": 1} and datalist["dropped"] == 0
+    assert [len(b) for b in generator.batches] == [4, 2]
     entries = load_decathlon_datalist(path, data_list_key="training")
-    assert len(entries) == 3
-    scores = [entry["score"] for entry in datalist["training"]]
-    assert all(0.0 <= s <= 1.0 for s in scores)
     by_source = {os.path.abspath(p["image"]): p for p in pairs}
     for entry, raw in zip(entries, datalist["training"], strict=True):
-        assert os.path.isfile(entry["image"]) and raw["status"] == "kept"
         source = by_source[raw["source_image"]]
-        assert raw["seed"] == 10 + pairs.index(source) * 2 + int(raw["image"][-5])  # base seed + stable index
+        assert raw["source_label"] == os.path.abspath(source["label"]) and raw["status"] == "kept"
+        assert raw["seed"] == 10 + pairs.index(source) * 2 + int(raw["image"][-5])
+        assert raw["score"] is None and raw["condition"] is None
         written, original = load(entry), load(source)
-        assert torch.equal(written["label"], original["label"])  # the pair keeps the source mask
-        assert written["image"].min() >= 0.0 and written["image"].max() <= 1.0
+        assert torch.equal(written["label"], original["label"])
+        expected = original["image"] * (0.5 + (raw["seed"] % 7) / 20)
+        assert (written["image"] - expected).abs().max() <= 1 / 255 + 1e-6
     assert os.path.isfile(tmp_path / "contact_sheet.png")
 
 
-def test_known_region_is_the_source_image_and_the_rest_changes_with_the_seed(pairs, tmp_path):
-    path = run(pairs, tmp_path, exact_inpainter(mask_mode="box"), num_samples=2)
+def test_a_run_from_class_sets_records_conditions_and_null_sources(tmp_path):
+    path = run(jobs_from_class_sets([[2], [1, 3]], 2, 0), tmp_path)
+    entries = read(path)["training"]
+    assert [e["condition"] for e in entries] == [[2], [2], [1, 3], [1, 3]]
+    assert all(e["source_image"] is None and e["source_label"] is None for e in entries)
+    label = load(
+        {"image": os.path.join(tmp_path, entries[2]["image"]), "label": os.path.join(tmp_path, entries[2]["label"])}
+    )
+    assert set(label["label"].unique().tolist()) == {0, 1}
+
+
+def test_the_confidence_filter_keeps_the_most_confident_half_and_records_scores(pairs, tmp_path):
+    path = run(jobs_from_pairs(pairs, 2, 0), tmp_path, pair_filter=ConfidenceFilter(tiny_segmenter(), 0.5, SIZE))
     datalist = read(path)
-    assert datalist["dropped"] == 0 and all(entry["score"] is None for entry in datalist["training"])  # no filter
-    entries = load_decathlon_datalist(path, data_list_key="training")
-    assert len(entries) == 6
-    for first, second in zip(entries[0::2], entries[1::2], strict=True):  # the two samples of one source pair
-        source = load({"image": first["source_image"], "label": first["source_label"]})
-        known = to_latent_grid(keep_mask(source["label"][None].long()), (SIZE // 4, SIZE // 4))
-        known = known.repeat_interleave(4, -2).repeat_interleave(4, -1)[0].bool()
-        assert known.any() and not known.all()
-        a, b = load(first)["image"], load(second)["image"]
-        assert (a[known] - source["image"][known]).abs().max() <= 1 / 255 + 1e-6  # kept up to 8-bit rounding
-        assert (b[known] - source["image"][known]).abs().max() <= 1 / 255 + 1e-6
-        assert (a[~known] - b[~known]).abs().mean() > 0.05  # regenerated differently for the two seeds
+    assert len(datalist["training"]) == 3 and datalist["dropped"] == 3
+    kept = [e["score"] for e in datalist["training"]]
+    assert all(0.0 <= s <= 1.0 for s in kept)
 
 
-def test_flipped_boxes_keep_image_and_mask_aligned(pairs, tmp_path):
-    path = run(pairs[:1], tmp_path, exact_inpainter(flip_boxes=True), num_samples=4, seed=0)
-    entries = load_decathlon_datalist(path, data_list_key="training")
-    source = load(pairs[0])
-    image, label = source["image"][None], source["label"][None].long()
-    boxes = class_boxes(label)
-    flipped_masks = set()
-    for entry in entries:
-        written = load(entry)
-        generator = torch.Generator().manual_seed(read(path)["training"][entries.index(entry)]["seed"])
-        expected_image, expected_label = flip_boxes(image, label, boxes, generator)
-        assert torch.equal(written["label"].long(), expected_label[0])  # the mask is flipped like the image
-        inside = keep_mask(label)[0].bool()
-        assert (written["image"][inside] - expected_image[0][inside]).abs().max() <= 1 / 255 + 1e-6
-        flipped_masks.add(tuple(written["label"].flatten().tolist()))
-    assert len(flipped_masks) > 1
+class Fixed(torch.nn.Module):
+    """A segmenter that predicts given logits for every image."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits, requires_grad=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(images.shape[0], -1, -1, -1)
 
 
-def test_conditional_network_gets_the_masked_latent_and_keep_mask():
-    inpainter = exact_inpainter(conditional=True)
-    images, labels = torch.rand(2, 1, SIZE, SIZE), torch.zeros(2, 1, SIZE, SIZE, dtype=torch.long)
-    labels[:, :, 4:12, 4:12] = 2
-    new_images, new_labels = inpainter(images, labels, [0, 1])
-    assert set(inpainter.network.input_channels) == {2 * 16 + 1}  # cat(x_t, masked latent, keep mask)
-    assert new_images.shape == images.shape and torch.equal(new_labels, labels)
+def test_the_dice_filter_keeps_relabels_and_drops_by_the_dice_loss(tmp_path):
+    """The generator writes a 8x8 square of class 1; the segmenter predicts a 8x8, an 8x7 and a 4x4 square: Dice loss
+    0, 1 - 112/120 = 0.067 and 1 - 32/80 = 0.6 with eta 0.05 -> kept, relabelled (to the prediction), dropped."""
+    prediction = {}
+    for name, (rows, cols) in {"keep": (8, 8), "relabel": (8, 7), "drop": (4, 4)}.items():
+        logits = torch.full((1, NUM_CLASSES, SIZE, SIZE), -20.0)
+        logits[:, 0] = 20.0
+        logits[:, 1, 8 : 8 + rows, 8 : 8 + cols], logits[:, 0, 8 : 8 + rows, 8 : 8 + cols] = 20.0, -20.0
+        prediction[name] = logits
+    for name, logits in prediction.items():
+        out = tmp_path / name
+        datalist = read(
+            run(jobs_from_noise(1, 0), out, pair_filter=DiceFilter(Fixed(logits), eta=0.05, image_size=SIZE))
+        )
+        if name == "drop":
+            assert datalist["training"] == [] and datalist["dropped"] == 1
+            continue
+        (entry,) = datalist["training"]
+        assert entry["status"] == ("kept" if name == "keep" else "relabelled")
+        assert entry["score"] == pytest.approx(0.0 if name == "keep" else 1 - 112 / 120, abs=1e-4)
+        written = load({"image": os.path.join(out, entry["image"]), "label": os.path.join(out, entry["label"])})
+        assert int((written["label"] == 1).sum()) == (64 if name == "keep" else 56)
 
 
 class Interrupt(Exception):
@@ -168,38 +178,39 @@ class Interrupt(Exception):
 
 
 class InterruptAfter:
-    """Wraps a synthesize callable and raises once it has made ``batches`` batches (a killed run)."""
+    """Wraps a generator and raises once it has made ``batches`` batches (a killed run)."""
 
-    def __init__(self, synthesize, batches: int) -> None:
-        self.synthesize, self.batches, self.calls = synthesize, batches, 0
+    def __init__(self, generator, batches: int) -> None:
+        self.generator, self.batches, self.calls = generator, batches, 0
 
-    def __call__(self, images, labels, seeds):
+    def __call__(self, batch):
         if self.calls == self.batches:
             raise Interrupt
         self.calls += 1
-        return self.synthesize(images, labels, seeds)
+        return self.generator(batch)
 
 
 def test_interrupted_generation_resumes_without_duplicates(pairs, tmp_path):
+    jobs = jobs_from_pairs(pairs, 2, 0)
     with pytest.raises(Interrupt):
-        run(pairs, tmp_path / "run", InterruptAfter(exact_inpainter(), 1), batch_size=2)
+        run(jobs, tmp_path / "run", InterruptAfter(Recolour(), 1), batch_size=2)
     first_files = sorted(os.listdir(tmp_path / "run" / "images"))
     assert len(first_files) == 2 and not os.path.exists(tmp_path / "run" / "datalist.json")
     written_before = {f: os.path.getmtime(tmp_path / "run" / "images" / f) for f in first_files}
 
-    resumed = InterruptAfter(exact_inpainter(), 99)
-    path = run(pairs, tmp_path / "run", resumed, batch_size=2)
+    resumed = InterruptAfter(Recolour(), 99)
+    path = run(jobs, tmp_path / "run", resumed, batch_size=2)
     assert resumed.calls == 2  # only the 4 missing pairs were made
     names = [entry["image"] for entry in read(path)["training"]]
     assert len(names) == len(set(names)) == 6 == len(os.listdir(tmp_path / "run" / "images"))
     assert all(os.path.getmtime(tmp_path / "run" / "images" / f) == t for f, t in written_before.items())
-    uninterrupted = read(run(pairs, tmp_path / "clean", exact_inpainter(), batch_size=2))
+    uninterrupted = read(run(jobs, tmp_path / "clean", Recolour(), batch_size=2))
     assert [e["seed"] for e in read(path)["training"]] == [e["seed"] for e in uninterrupted["training"]]
 
 
 def test_interrupted_filter_resumes_to_the_same_kept_set(pairs, tmp_path, monkeypatch):
-    segmenter = tiny_segmenter()
-    clean = read(run(pairs, tmp_path / "clean", exact_inpainter(), segmenter=segmenter, keep_fraction=0.5))
+    jobs, keep_half = jobs_from_pairs(pairs, 2, 0), ConfidenceFilter(tiny_segmenter(), 0.5, SIZE)
+    clean = read(run(jobs, tmp_path / "clean", pair_filter=keep_half))
 
     remove = SyntheticDatasetWriter.remove
     calls = []
@@ -212,74 +223,26 @@ def test_interrupted_filter_resumes_to_the_same_kept_set(pairs, tmp_path, monkey
 
     monkeypatch.setattr(SyntheticDatasetWriter, "remove", remove_then_crash)
     with pytest.raises(Interrupt):
-        run(pairs, tmp_path / "run", exact_inpainter(), segmenter=segmenter, keep_fraction=0.5)
+        run(jobs, tmp_path / "run", pair_filter=keep_half)
     monkeypatch.setattr(SyntheticDatasetWriter, "remove", remove)
-    resumed = InterruptAfter(exact_inpainter(), 0)  # raises if the resumed run tried to generate again
-    datalist = read(run(pairs, tmp_path / "run", resumed, segmenter=segmenter, keep_fraction=0.5))
+    resumed = InterruptAfter(Recolour(), 0)  # raises if the resumed run tried to generate again
+    datalist = read(run(jobs, tmp_path / "run", resumed, pair_filter=keep_half))
     assert [e["image"] for e in datalist["training"]] == [e["image"] for e in clean["training"]]
     assert datalist["dropped"] == clean["dropped"] == 3
-
-    again = read(run(pairs, tmp_path / "run", resumed, segmenter=segmenter, keep_fraction=0.5))  # finished run
+    again = read(run(jobs, tmp_path / "run", resumed, pair_filter=keep_half))  # finished run
     assert [e["image"] for e in again["training"]] == [e["image"] for e in clean["training"]]
-    assert again["dropped"] == 3
 
 
 def test_bad_settings_are_named(pairs, tmp_path):
-    with pytest.raises(FileNotFoundError, match="model_segmenter.pt"):
-        load_frozen_network(tiny_segmenter(), str(tmp_path / "model_segmenter.pt"), "cpu")
-    with pytest.raises(ValueError, match="flip_boxes"):
-        exact_inpainter(flip_boxes="false")  # a string from a command line would silently mean True
-    with pytest.raises(ValueError, match="mask_mode"):
-        exact_inpainter(mask_mode="circle")
-    with pytest.raises(ValueError, match="no label"):
-        GenerationRun([{"image": pairs[0]["image"]}], exact_inpainter(), str(tmp_path), "augpaint")
+    with pytest.raises(ValueError, match="no jobs"):
+        GenerationRun([], Recolour(), str(tmp_path), "test")
+    with pytest.raises(ValueError, match="same name"):
+        GenerationRun(jobs_from_noise(1, 0) * 2, Recolour(), str(tmp_path), "test")
+    with pytest.raises(ValueError, match="keep_fraction"):
+        ConfidenceFilter(tiny_segmenter(), 0.0)
 
+    def short(batch):
+        return torch.zeros(1, 1, SIZE, SIZE), torch.zeros(1, 1, SIZE, SIZE)
 
-def test_inference_config_wires_the_bundle(pairs, tmp_path):
-    """inference.json with tiny networks and random checkpoints: a real `monai.bundle` run on phantom pairs."""
-    from monai.bundle import ConfigWorkflow
-
-    from common.latents import save_latent_scale
-
-    config_file = os.path.join(REPO, "bundles/augpaint/configs/inference.json")
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    assert isinstance(parser.get_parsed_content("scheduler"), DDIMScheduler)
-    assert parser.get_parsed_content("network_def").conv_in.conv.in_channels == 3
-
-    dataset_dir = os.path.dirname(os.path.dirname(pairs[0]["image"]))
-    tiny = {
-        "dataset_dir": dataset_dir,
-        "num_labelled": 3,
-        "image_size": SIZE,
-        "ckpt_dir": str(tmp_path / "models"),
-        "output_dir": str(tmp_path / "synthetic"),
-        "num_samples": 2,
-        "num_inference_steps": 2,
-        "progress": False,
-        "autoencoder_def#channels": [8, 8],
-        "autoencoder_def#num_res_channels": [8, 8],
-        "network_def#channels": [8, 8, 8],
-        "network_def#num_head_channels": [0, 0, 8],
-        "network_def#norm_num_groups": 8,
-        "segmenter_def#channels": [4, 8, 8, 8],
-    }
-    os.makedirs(tmp_path / "models")
-    for network_id, file_name in (
-        ("autoencoder_def", "model_autoencoder.pt"),
-        ("network_def", "model.pt"),
-        ("segmenter_def", "model_segmenter.pt"),
-    ):
-        parser = ConfigParser()
-        parser.read_config(config_file)
-        parser.update(tiny)
-        torch.save(parser.get_parsed_content(network_id).state_dict(), tmp_path / "models" / file_name)
-    save_latent_scale(str(tmp_path / "models" / "latent_scale.json"), 1.3)
-
-    workflow = ConfigWorkflow(config_file=config_file, workflow_type="infer", **tiny)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    datalist = read(str(tmp_path / "synthetic" / "datalist.json"))
-    assert len(datalist["training"]) == 3 and datalist["dropped"] == 3
-    assert datalist["config"]["num_inference_steps"] == 2 and datalist["config"]["mask_mode"] == "box"
+    with pytest.raises(ValueError, match="for 2 jobs"):
+        run(jobs_from_noise(2, 0), tmp_path / "short", short)

@@ -1,4 +1,5 @@
-"""Metrics against hand counts, known t quantiles, a direct KID computation and closed-form Frechet distances."""
+"""Metrics against hand counts, Student-t tables, a direct KID computation and the closed form of MONAI's FID in the
+feature space the evaluation uses."""
 
 from __future__ import annotations
 
@@ -8,21 +9,16 @@ import numpy as np
 import pytest
 import torch
 from monai.metrics import FIDMetric
-from scipy import stats
 from torch import nn
 
 from common.metrics import (
-    ScoreTable,
     SeedSummary,
     extract_features,
-    frechet_distance,
     kernel_inception_distance,
     markdown_table,
     ms_ssim,
     paired_difference,
     per_class_scores,
-    student_t_quantile,
-    summarise_scores,
     summarise_seeds,
 )
 
@@ -62,46 +58,9 @@ def test_per_class_scores_reject_bad_input():
         per_class_scores(pred[..., :3], label, num_classes=4)
 
 
-def test_summaries_ignore_nan_and_average_foreground_classes():
-    # image 0 from the hand count; image 1 perfect on classes 0 and 2 only
-    pred, label = hand_counted_pair()
-    perfect = torch.tensor([[0, 2, 2, 0], [0, 0, 0, 0]])[None, None]
-    table = ScoreTable(num_classes=4, class_names=["bg", "a", "b", "c"])
-    table.add(pred, label)
-    table.add(perfect, perfect)
-    assert len(table) == 2 and table.per_image("iou").shape == (2, 4)
-    summary = table.summary()
-    dice = summary["dice"]
-    # bg: (6/9 + 1) / 2; a: 4/6 (NaN in image 1); b: 1 (NaN in image 0); c: 0 (NaN in image 1)
-    assert dice["bg"] == pytest.approx((6 / 9 + 1) / 2)
-    assert dice["a"] == pytest.approx(4 / 6)
-    assert dice["b"] == pytest.approx(1.0)
-    assert dice["c"] == pytest.approx(0.0)
-    assert dice["mean_foreground"] == pytest.approx((4 / 6 + 1 + 0) / 3)
-    assert summary["iou"]["a"] == pytest.approx(0.5)
-    assert summary["num_images"] == 2
-    # a class NaN everywhere is left out of the foreground mean
-    only_nan = summarise_scores(torch.tensor([[1.0, 0.5, math.nan]]))
-    assert math.isnan(only_nan["class_2"]) and only_nan["mean_foreground"] == pytest.approx(0.5)
-
-
-@pytest.mark.parametrize(
-    ("probability", "df", "expected"),
-    [(0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 1, 12.7062), (0.995, 9, 3.2498), (0.95, 10, 1.8125)],
-)
-def test_student_t_quantile_matches_tables(probability, df, expected):
-    assert student_t_quantile(probability, df) == pytest.approx(expected, abs=1e-4)
-    assert student_t_quantile(1 - probability, df) == pytest.approx(-expected, abs=1e-4)
-
-
-def test_student_t_quantile_matches_scipy():
-    for df in (1, 2, 3, 5, 8, 30, 101):
-        for probability in (0.6, 0.9, 0.975, 0.999):
-            assert student_t_quantile(probability, df) == pytest.approx(stats.t.ppf(probability, df), rel=1e-8)
-
-
 def test_paired_difference_interval():
     # differences 0.1, 0.2, 0.3: mean 0.2, std 0.1, half width t_{0.975,2} * 0.1 / sqrt(3) = 4.302653 * 0.057735
+    # (4.302653: the 0.975 quantile of Student's t with 2 degrees of freedom, from the printed tables)
     result = paired_difference([0.6, 0.7, 0.8], [0.5, 0.5, 0.5])
     assert result.mean == pytest.approx(0.2)
     assert result.std == pytest.approx(0.1)
@@ -178,21 +137,18 @@ def whitened(samples: int, features: int, seed: int) -> torch.Tensor:
     return x @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(x.T))).T
 
 
-def test_frechet_distance_closed_forms():
+def test_monai_fid_the_evaluation_uses_has_the_closed_form():
+    """FID = ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), exact on whitened feature sets."""
+    fid = FIDMetric()
     a = whitened(50, 4, seed=0)
-    assert frechet_distance(a, a).item() == pytest.approx(0.0, abs=1e-8)
+    assert fid(a, a).item() == pytest.approx(0.0, abs=1e-6)
     shift = torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64)
     # same covariance, shifted mean: ||mu_a - mu_b||^2 = 1 + 4 + 0.25 = 5.25
-    assert frechet_distance(a, a + shift).item() == pytest.approx(5.25, rel=1e-9)
+    assert fid(a, a + shift).item() == pytest.approx(5.25, rel=1e-6)
     # covariances I and diag(s^2): ||shift||^2 + sum (1 - s)^2 = 5.25 + (1 + 0 + 0.25 + 4)
     scale = torch.tensor([2.0, 1.0, 0.5, 3.0], dtype=torch.float64)
     b = whitened(60, 4, seed=1) * scale + shift
-    assert frechet_distance(a, b).item() == pytest.approx(5.25 + 5.25, rel=1e-8)
-
-
-def test_frechet_distance_matches_monai_fid():
-    a, b = torch.randn(40, 6), torch.randn(30, 6) * 1.5 + 0.3
-    assert frechet_distance(a, b).item() == pytest.approx(FIDMetric()(a, b).item(), rel=1e-6)
+    assert fid(a, b).item() == pytest.approx(5.25 + 5.25, rel=1e-6)
 
 
 def test_ms_ssim_at_64_pixels():

@@ -1,11 +1,12 @@
-"""Keep masks: class boxes, label shapes, the latent grid rule and box flips, on hand-built label maps."""
+"""Keep masks: class boxes, label shapes, the latent grid rule and seeded pair flips, on hand-built label maps."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from common.regions import boxes_to_mask, class_boxes, flip_boxes, keep_mask, shape_mask, to_latent_grid
+from common.data.flips import random_flips
+from common.regions import boxes_to_mask, class_boxes, keep_mask, shape_mask, to_latent_grid
 
 
 def two_class_label() -> torch.Tensor:
@@ -74,36 +75,20 @@ def test_bad_arguments_are_named():
         to_latent_grid(torch.zeros(1, 1, 8, 8), (2, 2), rule="most")
 
 
-def test_flip_boxes_flips_box_content_and_keeps_image_and_label_aligned():
+def test_seeded_flips_move_structures_to_mirrored_positions_with_their_masks():
+    """AugPaint's flips (sec. 4.4): the whole pair flips, so the labelled structures change place with their masks."""
     label = two_class_label()
     image = torch.rand(1, 1, 8, 8) * 0.1 + label.float()  # image encodes the label: round(image) == label
-    original_image = image.clone()
-    boxes = class_boxes(label)
-    box_region = boxes_to_mask(boxes, (8, 8))
     outcomes = set()
     for seed in range(16):
-        flipped_image, flipped_label = flip_boxes(image, label, boxes, torch.Generator().manual_seed(seed))
-        assert torch.equal(flipped_image.floor().long(), flipped_label)  # aligned pixel by pixel
-        assert torch.all((flipped_label > 0).float() <= box_region)  # labelled pixels stay inside the boxes
-        assert torch.equal(torch.bincount(flipped_label.flatten()), torch.bincount(label.flatten()))
-        assert torch.equal(flipped_image[box_region == 0], image[box_region == 0])  # nothing outside moves
-        outcomes.add(tuple(flipped_label.flatten().tolist()))
-    assert len(outcomes) > 2  # different seeds give different flips
-    assert torch.equal(image, original_image) and torch.equal(label, two_class_label())  # inputs untouched
-
-
-def test_flip_boxes_is_seeded_and_matches_a_hand_flip():
-    label = torch.zeros(1, 1, 4, 4, dtype=torch.long)
-    label[0, 0, 0, 0] = 1
-    label[0, 0, 1, 1] = 1
-    image = torch.arange(16.0).reshape(1, 1, 4, 4)
-    boxes = [[(0, 2, 0, 2)]]
-    first = flip_boxes(image, label, boxes, torch.Generator().manual_seed(3))
-    again = flip_boxes(image, label, boxes, torch.Generator().manual_seed(3))
-    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-    draws = (torch.rand(1, 2, generator=torch.Generator().manual_seed(3)) < 0.5).tolist()[0]
-    dims = [d for d, flip in zip((-2, -1), draws, strict=True) if flip]
-    expected = image.clone()
-    if dims:
-        expected[..., 0:2, 0:2] = torch.flip(image[..., 0:2, 0:2], dims)
-    assert torch.equal(first[0], expected)
+        flipped_image, flipped_label = random_flips(image, label, [seed])
+        draws = (torch.rand(2, generator=torch.Generator().manual_seed(seed)) < 0.5).tolist()
+        dims = [d for d, flip in zip((-2, -1), draws, strict=True) if flip]
+        expected = torch.flip(label, dims) if dims else label
+        assert torch.equal(flipped_label, expected) and torch.equal(flipped_image.floor().long(), flipped_label)
+        outcomes.add(tuple(dims))
+        if dims:  # the class boxes moved: structures appear at new positions
+            assert class_boxes(flipped_label) != class_boxes(label)
+    assert outcomes == {(), (-2,), (-1,), (-2, -1)}
+    batch, _ = random_flips(image.repeat(3, 1, 1, 1), label.repeat(3, 1, 1, 1), [0, 5, 9])
+    assert torch.equal(batch[1:2], random_flips(image, label, [5])[0])  # a pair's flips depend on its seed only

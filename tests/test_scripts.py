@@ -1,4 +1,5 @@
-"""The two command lines end to end on a tiny phantom set: augment writes filtered pairs, evaluate judges them."""
+"""The command lines end to end on a tiny phantom set: augment writes each method's pairs, one evaluation judges both
+methods with their controls and GAUDA's schemes, a second call reuses every finished run, leaks are refused."""
 
 from __future__ import annotations
 
@@ -14,61 +15,8 @@ from common.evaluation import LeakageError
 from scripts.augment import augment
 from scripts.evaluate import evaluate
 
-TINY_TRAINING = {"autoencoder_iterations": 4, "diffusion_iterations": 4, "val_interval": 2}
-TINY_SEGMENTER = {"max_iterations": 4, "val_interval": 2}
-
-
-@pytest.mark.slow
-def test_augment_then_evaluate(tmp_path):
-    data = phantom_dataset(root=str(tmp_path / "data"), num_images=30)
-    run = dict(data=data, labelled=4, seed=0, out=str(tmp_path / "augpaint"), train_knobs=TINY_TRAINING)
-    generation = dict(segmenter_knobs=TINY_SEGMENTER, num_samples=2, num_inference_steps=3, progress=False)
-    datalist_path = augment("augpaint", **run, **generation)
-
-    with open(datalist_path) as f:
-        datalist = json.load(f)
-    root = os.path.dirname(datalist_path)
-    assert datalist["method"] == "augpaint"
-    assert len(datalist["training"]) == 4 and datalist["dropped"] == 4  # 4 labelled x 2 samples, top half kept
-    for entry in datalist["training"]:
-        assert entry["status"] == "kept" and entry["score"] is not None
-        made = np.array(Image.open(os.path.join(root, entry["label"])))
-        source = np.array(Image.open(entry["source_label"]))
-        np.testing.assert_array_equal(made, source)  # AugPaint keeps the input mask
-
-    # a second call reuses every stage and every written pair
-    modified = os.path.getmtime(os.path.join(run["out"], "models", "model.pt"))
-    assert augment("augpaint", **run, **generation) == datalist_path
-    assert os.path.getmtime(os.path.join(run["out"], "models", "model.pt")) == modified
-
-    results = evaluate(
-        data=data, labelled=4, synthetic=[datalist_path], seeds=2, iterations=4, out=str(tmp_path / "ev")
-    )
-    arms = results["arms"]
-    assert len(arms) == 6  # real, classic aug, synthetic, two controls, synthetic only
-    assert {"real", "real + classic aug"} <= set(arms) and results["reference"] == "real"
-    assert sum("control" in name for name in arms) == 2 and sum("synthetic only" in name for name in arms) == 1
-    for name, arm in arms.items():
-        for metric in ("dice", "iou"):
-            assert len(arm[metric]["per_seed_class_mean"]) == 2
-            assert all(0.0 <= d <= 1.0 for d in arm[metric]["per_seed_class_mean"])
-        assert ("difference_to_reference" in arm) == (name != "real")
-    (quality,) = results["generator_quality"].values()
-    assert quality["fid"] >= 0.0 and 0.0 <= quality["real_only_dice"]["class_mean"]["mean"] <= 1.0
-    assert quality["synthetic_only_dice"] == next(a["dice"] for n, a in arms.items() if "synthetic only" in n)
-    with open(tmp_path / "ev" / "results.md") as f:
-        table = f.read()
-    assert all(f"| {name} |" in table for name in arms)
-
-    test_mask = load_splits(data, seed=0, num_labelled=4)["test"][0]["label"]
-    datalist["training"][0]["source_label"] = test_mask
-    leaked = tmp_path / "leaked" / "datalist.json"
-    leaked.parent.mkdir()
-    leaked.write_text(json.dumps(datalist))
-    with pytest.raises(LeakageError, match="not in the labelled subset"):
-        evaluate(data=data, labelled=4, synthetic=[str(leaked)], seeds=1, iterations=2, out=str(tmp_path / "ev2"))
-
-
+TINY_AUGPAINT = {"autoencoder_iterations": 4, "diffusion_iterations": 4, "val_interval": 2}
+TINY_SEGMENTER = {"max_iterations": 4, "val_interval": 2, "num_workers": 0}
 TINY_GAUDA = {
     "autoencoder_iterations": 3,
     "autoencoder_batch_size": 4,
@@ -76,12 +24,10 @@ TINY_GAUDA = {
     "diffusion_iterations": 4,
     "diffusion_batch_size": 8,
 }
-TINY_DOWNSTREAM = {
+TINY_ARMS = {"channels": [4, 8, 16, 32], "num_workers": 0, "batch_size": 4}
+TINY_SCHEMES = {
     "ensemble_size": 2,
-    "channels": [4, 8, 16, 32],
-    "num_workers": 0,
-    "batch_size": 4,
-    "ddim_steps": 2,
+    "generator_steps": 2,
     "gauda_num_synthetic": 2,
     "gauda_synthesis_batch_size": 2,
     "gauda_replace_prob": 1.0,
@@ -89,58 +35,83 @@ TINY_DOWNSTREAM = {
 
 
 @pytest.mark.slow
-def test_augment_gauda_then_evaluate_the_four_schemes(tmp_path):
+def test_augment_both_methods_then_one_evaluation_of_both(tmp_path):
     data = phantom_dataset(root=str(tmp_path / "data"), num_images=30)
-    out = tmp_path / "gauda"
-    datalist_path = augment(
-        "gauda", data=data, labelled=8, out=str(out), train_knobs=TINY_GAUDA, num_samples=2, num_inference_steps=2
-    )
-    with open(datalist_path) as f:
+    run = dict(data=data, labelled=6, seed=0, out=str(tmp_path / "augpaint"), train_knobs=TINY_AUGPAINT)
+    generation = dict(segmenter_knobs=TINY_SEGMENTER, num_samples=2, num_inference_steps=3, progress=False)
+    augpaint = augment("augpaint", **run, **generation)
+    with open(augpaint) as f:
         datalist = json.load(f)
-    assert datalist["method"] == "gauda" and datalist["training"]
-    assert all(entry["condition"] and entry["source_label"] is None for entry in datalist["training"])
+    assert datalist["method"] == "augpaint" and datalist["config"]["eta"] == 1.0
+    assert len(datalist["training"]) == 6 and datalist["dropped"] == 6  # 6 labelled x 2 samples, top half kept
+    for entry in datalist["training"]:
+        assert entry["status"] == "kept" and entry["score"] is not None
+        made = np.array(Image.open(os.path.join(os.path.dirname(augpaint), entry["label"])))
+        np.testing.assert_array_equal(made, np.array(Image.open(entry["source_label"])))  # the mask is kept
+    modified = os.path.getmtime(os.path.join(run["out"], "models", "model.pt"))
+    assert augment("augpaint", **run, **generation) == augpaint  # a second call reuses every stage and pair
+    assert os.path.getmtime(os.path.join(run["out"], "models", "model.pt")) == modified
 
-    results = evaluate(
+    gauda_out = tmp_path / "gauda"
+    gauda = augment(
+        "gauda", data=data, labelled=6, out=str(gauda_out), train_knobs=TINY_GAUDA, num_samples=1, num_inference_steps=2
+    )
+    with open(gauda) as f:
+        assert all(e["condition"] and e["source_label"] is None for e in json.load(f)["training"])
+
+    options = dict(
         data=data,
-        labelled=8,
-        schemes="all",
-        generator=str(out / "models"),
-        synthetic=[datalist_path],
+        labelled=6,
+        synthetic=[augpaint, gauda],
+        schemes="gauda",
+        generator=str(gauda_out / "models"),
         seeds=2,
         iterations=4,
         val_interval=2,
-        downstream_knobs=TINY_DOWNSTREAM,
-        guidance_sweep=[0, 3],
+        knobs=TINY_ARMS,
+        scheme_knobs=TINY_SCHEMES,
+        sweep={"guidance": [0, 3]},
         sweep_samples=1,
         generator_knobs={"num_inference_steps": 2},
         out=str(tmp_path / "ev"),
     )
+    results = evaluate(**options)
     arms = results["arms"]
-    assert list(arms)[:4] == ["baseline", "aug", "as", "gauda"] and results["reference"] == "baseline"
-    assert len(arms) == 5 and "synthetic only" in list(arms)[4]
+    assert results["training_pairs"] == 5 and results["validation_pairs"] == 1  # one validation pair carved out
+    assert list(arms)[:2] == ["real", "real + classic aug"]
+    assert "real + classic aug + augpaint (augpaint) control: noise background" in arms
+    assert "real + classic aug + gauda (gauda) control: extra real copies" in arms
+    assert {"gauda: baseline", "gauda: aug", "gauda: as", "gauda: gauda"} <= set(arms) and len(arms) == 15
     for name, arm in arms.items():
-        summary = arm["iou"]
-        assert len(summary["per_seed_class_mean"]) == 2 and 0.0 <= summary["class_mean"]["mean"] <= 1.0
-        assert summary["sample_median"]["mean"] is not None and set(summary["per_class"]) == {
-            "organ",
-            "vessel",
-            "nerve",
-            "lesion",
-        }
-        assert ("difference_to_reference" in arm) == (name != "baseline")
-    records = [json.loads((tmp_path / "ev" / "runs" / f"arm03_seed{s}" / "scores.json").read_text()) for s in (0, 1)]
-    assert all(r["run"]["overrides"]["generator_ckpt_dir"] == str(out / "models") for r in records)
-    assert all(len(r["scores"]["dice"]) == len(load_splits(data)["test"]) for r in records)  # one row per test image
+        assert len(arm["dice"]["per_seed_class_mean"]) == 2
+        assert all(0.0 <= d <= 1.0 for d in arm["dice"]["per_seed_class_mean"])
+        references = {d["reference"] for d in arm["differences"].values()}
+        assert references == (
+            {"gauda: baseline", "gauda: aug"} - {name}
+            if name.startswith("gauda:")
+            else {"real", "real + classic aug"} - {name}
+        )
+    quality = results["generator_quality"]
+    assert quality["augpaint (augpaint)"]["diversity"] <= 1.0 and "condition_agreement" in quality["gauda (gauda)"]
+    assert set(results["sweep"]["sets"]) == {"guidance = 0", "guidance = 3"}
+    table = (tmp_path / "ev" / "results.md").read_text()
+    assert "| real + classic aug + augpaint (augpaint) |" in table and "| gauda: gauda |" in table
+    assert (tmp_path / "ev" / "dice_per_class.png").stat().st_size > 1000
 
-    (quality,) = results["generator_quality"].values()
-    assert 0.0 <= quality["condition_agreement"]["exact"] <= 1.0 and quality["num_synthetic"] == len(
-        datalist["training"]
-    )
-    sweep = results["guidance_sweep"]
-    assert set(sweep) == {"0", "3"}
-    for w in (0, 3):
-        swept = json.loads((tmp_path / "ev" / "guidance" / f"w{w}" / "datalist.json").read_text())
-        assert swept["config"]["guidance"] == w and len(swept["training"]) == len(datalist["training"]) // 2
-    with open(tmp_path / "ev" / "results.md") as f:
-        table = f.read()
-    assert "| gauda |" in table and "\nIoU\n" in table and "Guidance sweep" in table
+    records = sorted((tmp_path / "ev" / "runs").glob("*/seed*/run.json"))
+    assert len(records) == 30
+    written = {path: path.stat().st_mtime for path in records}
+    assert evaluate(**options)["arms"] == arms  # the second call trains nothing
+    assert all(path.stat().st_mtime == mtime for path, mtime in written.items())
+
+
+def test_a_synthetic_set_made_from_a_test_mask_is_refused_before_training(tmp_path):
+    data = phantom_dataset(root=str(tmp_path / "data"), num_images=30)
+    test_mask = load_splits(data, seed=0, num_labelled=4)["test"][0]["label"]
+    leaked = tmp_path / "leaked" / "datalist.json"
+    leaked.parent.mkdir()
+    entry = {"image": "images/a.png", "label": "masks/a.png", "source_image": None, "source_label": test_mask}
+    leaked.write_text(json.dumps({"method": "augpaint", "training": [entry]}))
+    with pytest.raises(LeakageError, match="not in the labelled subset"):
+        evaluate(data=data, labelled=4, synthetic=[str(leaked)], seeds=1, iterations=2, out=str(tmp_path / "ev"))
+    assert not (tmp_path / "ev" / "runs").exists()

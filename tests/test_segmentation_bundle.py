@@ -19,6 +19,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import Resize
 from PIL import Image
 
+from common.checkpoints import load_network, read_card
 from common.data import DataValidationError, load_splits, pair_transforms, read_class_names
 from common.segmentation import SaveMaskd, class_metric_names, image_entries
 
@@ -71,7 +72,7 @@ def test_configs_resolve_the_ids_others_override():
     parser = _parser(TRAIN)
     num_classes = len(read_class_names(None))
     assert parser.get_parsed_content("num_classes") == num_classes
-    network = parser.get_parsed_content("network_def")
+    network = parser.get_parsed_content("network_def")()  # a factory: the card records its definition
     assert network(torch.zeros(2, 1, 64, 64)).shape == (2, num_classes, 64, 64)
     assert parser.get_parsed_content("ckpt_dir") == "bundles/segmentation/models"
     assert parser.get_parsed_content("output_dir") == "bundles/segmentation/eval"
@@ -88,11 +89,7 @@ def test_configs_resolve_the_ids_others_override():
     for key in ("initialize", "run", "finalize", "validate#evaluator", "loss", "optimizer", "learning_rate"):
         assert key in parser
 
-    # inference builds the same network, so a checkpoint of train.json loads into it (MONAI Label uses this file)
-    inference = _parser(INFERENCE)
-    shapes = {k: v.shape for k, v in network.state_dict().items()}
-    assert {k: v.shape for k, v in inference.get_parsed_content("network_def").state_dict().items()} == shapes
-    assert inference.get_parsed_content("ckpt_path") == "bundles/segmentation/models/model.pt"
+    assert _parser(INFERENCE).get_parsed_content("ckpt_path") == "bundles/segmentation/models/model.pt"
 
     multi = _parser(TRAIN, MULTI_GPU)
     assert multi.get_parsed_content("backend") == "gloo"  # no CUDA here: the process group must not ask for nccl
@@ -131,8 +128,10 @@ def test_training_learns_and_saves_the_best_model_as_a_flat_state_dict(trained):
     assert np.mean(losses[-5:]) < 0.95 * np.mean(losses[:5]), losses
 
     state = torch.load(tmp / "models" / "model.pt", map_location="cpu")
-    network = workflow.parser.get_parsed_content("network_def")
+    network = load_network(str(tmp / "models" / "model.pt"))  # rebuilt from its card, weights loaded strictly
     assert set(state) == set(network.state_dict())  # flat: no {"model": ...} wrapper
+    settings = read_card(str(tmp / "models" / "model.pt"))["settings"]
+    assert settings == {"class_names": read_class_names(None), "image_size": 64}
     network.load_state_dict(state)
 
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
@@ -146,6 +145,15 @@ def test_training_learns_and_saves_the_best_model_as_a_flat_state_dict(trained):
     assert same == (
         evaluator.state.best_metric_epoch == workflow.parser.get_parsed_content("train#trainer").state.epoch
     )
+
+
+def test_the_evaluation_keeps_the_final_network_even_with_validation_pairs(tmp_path):
+    """Every arm of the evaluation selects its network the same way: the final one (keep_best_by_validation off)."""
+    workflow, _ = _train(tmp_path, max_iterations=12, val_interval=4, keep_best_by_validation=False)
+    assert workflow.parser.get_parsed_content("validate#evaluator").state.epoch == 3  # validation still ran
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
+    final = workflow.parser.get_parsed_content("network").state_dict()
+    assert all(torch.equal(state[k], final[k]) for k in final)
 
 
 def test_without_validation_the_final_model_is_saved_and_the_loader_restarts(tmp_path):
@@ -194,7 +202,6 @@ def test_inference_writes_class_index_masks_at_each_input_size(trained, tmp_path
         config_file=INFERENCE,
         workflow_type="infer",
         logging_file=False,
-        channels=TINY["channels"],
         ckpt_path=str(model_dir / "models" / "model.pt"),
         input_dir=str(inputs),
         output_dir=str(output_dir),
@@ -205,6 +212,7 @@ def test_inference_writes_class_index_masks_at_each_input_size(trained, tmp_path
     workflow.finalize()
 
     network = workflow.parser.get_parsed_content("network").eval()
+    assert workflow.parser.get_parsed_content("class_names") == read_class_names(None)  # from the model's card
     load = pair_transforms(64, keys=("image",))
     num_classes = len(read_class_names(None))
     assert sorted(os.listdir(output_dir)) == ["case_0.png", "case_1.png", "case_2.png", "colour.png"]
@@ -255,8 +263,7 @@ def test_cli_run_from_the_repository_root(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     losses = [float(v) for v in re.findall(r"train_loss: ([0-9.]+)", result.stdout)]
     assert len(losses) == 20 and np.mean(losses[-5:]) < np.mean(losses[:5])
-    network = _parser(TRAIN, **TINY).get_parsed_content("network_def")
-    network.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu"))
+    load_network(str(tmp_path / "models" / "model.pt"))  # a flat state dict that fits its card
 
 
 @pytest.mark.slow
@@ -273,5 +280,4 @@ def test_multi_gpu_override_runs_on_cpu_with_two_processes(tmp_path):
     assert len(re.findall(r"train_loss: [0-9.]+", output)) == 8
     assert len(re.findall(r"Metrics -- .*val_mean_dice", output)) == 2
     assert len(os.listdir(tmp_path / "eval")) == 1
-    network = _parser(TRAIN, **TINY).get_parsed_content("network_def")
-    network.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu"))
+    load_network(str(tmp_path / "models" / "model.pt"))  # unwrapped from DDP: no "module." prefix

@@ -70,6 +70,17 @@ def test_checkpoint_trained_with_other_settings_is_not_reused(stages):
     assert Path(stage_list[1]["checkpoint"]).read_text() == "2"
 
 
+def test_a_stage_is_retrained_when_an_earlier_stage_changed_its_checkpoint(stages):
+    """A diffusion model is never reused on top of an autoencoder retrained after it (e.g. by hand, or forced)."""
+    stage_list, log = stages
+    overrides = {"log": str(log), "value": 1}
+    run_stages(stage_list, overrides)
+    Path(stage_list[0]["checkpoint"]).write_text("retrained elsewhere")
+    assert run_stages(stage_list, overrides) == ["diffusion"]  # trained on other autoencoder bytes
+    assert run_stages(stage_list, overrides) == []
+    assert run_stages(stage_list, overrides, retrain=["autoencoder"]) == ["autoencoder", "diffusion"]
+
+
 def test_stage_that_writes_no_checkpoint_is_an_error(tmp_path):
     config_dir = tmp_path / "configs"
     config_dir.mkdir()
@@ -87,5 +98,10 @@ def test_profile_files(tmp_path):
     (tmp_path / "configs" / "paper.json").write_text("{}")
     assert profile_files(str(tmp_path), "quick") == []
     assert profile_files(str(tmp_path), "paper") == [str(tmp_path / "configs" / "paper.json")]
+    assert profile_files(str(tmp_path), "paper", part="inference") == []
+    (tmp_path / "configs" / "paper_inference.json").write_text("{}")
+    assert profile_files(str(tmp_path), "paper", part="inference") == [
+        str(tmp_path / "configs" / "paper_inference.json")
+    ]
     with pytest.raises(FileNotFoundError, match="unknown profile 'huge'"):
         profile_files(str(tmp_path), "huge")

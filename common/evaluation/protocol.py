@@ -118,6 +118,7 @@ def evaluate(
     image_size: int = 64,
     controls: bool = True,
     synthetic_only: bool = True,
+    knobs: Mapping[str, Any] | None = None,
     scheme_knobs: Mapping[str, Any] | None = None,
     sweep: Mapping[str, Sequence[Any]] | None = None,
     sweep_samples: int = 20,
@@ -152,6 +153,8 @@ def evaluate(
         )
     for method, names in chosen_schemes.items():
         arms += scheme_arms(methods[method], names, train, validation, generators.get(method), scheme_knobs or {})
+    for arm in arms:
+        arm.overrides = {**dict(knobs or {}), **arm.overrides}
     logger.info(
         f"{len(arms)} arms x {seeds} seeds, {iterations} iterations, {len(train)} training pairs, "
         f"{len(validation)} validation pairs, {len(test)} test pairs of {test_source}"

@@ -101,7 +101,7 @@ def score_segmenter(
         scores = per_class_scores(network(images).argmax(dim=1, keepdim=True), labels, num_classes)
         dice.append(scores["dice"].cpu().numpy())
         iou.append(scores["iou"].cpu().numpy())
-    return {"dice": np.concatenate(dice), "iou": np.concatenate(iou)}
+    return {"dice": np.concatenate(dice).astype(np.float64), "iou": np.concatenate(iou).astype(np.float64)}
 
 
 def run_record(

@@ -82,8 +82,8 @@ class JointLatentGenerator:
     @torch.no_grad()
     def __call__(self, batch: JobBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 1, H, W) in [0, 1] and class-index labels (B, 1, H, W), one pair per job."""
-        if batch.conditions is None:
-            raise ValueError("GAUDA samples pairs for class sets: the jobs need conditions")
+        if batch.conditions is None or len(batch.conditions) != len(batch.seeds):
+            raise ValueError("GAUDA samples one pair per class set: the jobs need a condition and a seed each")
         context = class_condition(batch.conditions, self.num_classes).to(self.device)
         generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in batch.seeds]
         denoiser = ClassifierFreeDenoiser(self.network, context, self.guidance, self.null_value)

@@ -1,13 +1,13 @@
-"""Latent inpainting sampler: the known region is kept exactly, the rest follows DDIM (checked in closed form)."""
+"""Inpainting on the shared loop: the known region is kept exactly, the rest follows DDIM (checked in closed form)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.networks.schedulers import DDIMScheduler
 from tiny_networks import tiny_diffusion_unet
 
-from common.sampling import LatentInpaintingSampler
+from common.sampling import DenoisingLoop, KnownRegionMerge, UNetDenoiser
 
 
 def ddim() -> DDIMScheduler:
@@ -27,7 +27,7 @@ class ExactNoise(torch.nn.Module):
         self.target = target
         self.calls = 0
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         self.calls += 1
         assert timesteps.shape == (x.shape[0],)
         if self.target is None:  # concat-conditioned: x = cat(x_t, condition) with condition the clean target
@@ -41,8 +41,16 @@ class ExactNoise(torch.nn.Module):
 class Wobble(torch.nn.Module):
     """An arbitrary but deterministic noise prediction."""
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return torch.sin(3 * x) + timesteps.view(-1, 1, 1, 1) / 1000
+
+
+def inpaint(network, known, keep, seeds, steps=10, condition=None, scheduler=None, **loop_options) -> torch.Tensor:
+    """Sample latents that keep ``known`` where ``keep`` is 1 with the loop and the known-region hook."""
+    loop = DenoisingLoop(scheduler or ddim(), steps, **loop_options)
+    hook = KnownRegionMerge(loop.scheduler, known, keep)
+    denoiser = UNetDenoiser(network, condition, mode="concat")
+    return loop(denoiser, generators(seeds), known.shape[1:], hooks=[hook])
 
 
 def half_mask(batch: int = 2) -> torch.Tensor:
@@ -53,7 +61,7 @@ def half_mask(batch: int = 2) -> torch.Tensor:
 
 def test_everything_known_returns_the_known_latents_exactly():
     z0 = torch.randn(2, 3, 4, 4)
-    out = LatentInpaintingSampler(ddim(), 10)(Wobble(), z0, torch.ones(2, 1, 4, 4), generators([0, 1]))
+    out = inpaint(Wobble(), z0, torch.ones(2, 1, 4, 4), [0, 1])
     assert torch.equal(out, z0)
 
 
@@ -62,9 +70,7 @@ def test_nothing_known_ddim_with_the_exact_noise_returns_the_clean_signal():
     target = torch.full((2, 3, 4, 4), 0.7)
     target[1] = -1.8  # outside [-1, 1]: scaled latents are not clipped
     model = ExactNoise(scheduler, target)
-    out = LatentInpaintingSampler(scheduler, 25)(
-        model, torch.zeros_like(target), torch.zeros(2, 1, 4, 4), generators([3, 4])
-    )
+    out = inpaint(model, torch.zeros_like(target), torch.zeros(2, 1, 4, 4), [3, 4], steps=25, scheduler=scheduler)
     assert model.calls == 25
     assert torch.allclose(out, target, atol=1e-5)
 
@@ -72,40 +78,48 @@ def test_nothing_known_ddim_with_the_exact_noise_returns_the_clean_signal():
 def test_known_region_is_kept_and_unknown_region_changes_with_the_seed():
     z0 = torch.randn(2, 3, 4, 4)
     mask = half_mask()
-    sampler = LatentInpaintingSampler(ddim(), 10)
-    first = sampler(Wobble(), z0, mask, generators([0, 1]))
-    second = sampler(Wobble(), z0, mask, generators([7, 8]))
+    first = inpaint(Wobble(), z0, mask, [0, 1])
+    second = inpaint(Wobble(), z0, mask, [7, 8])
     known = mask.expand_as(z0).bool()
     assert torch.equal(first[known], z0[known]) and torch.equal(second[known], z0[known])
     assert (first[~known] - second[~known]).abs().min() > 1e-4
-    assert torch.equal(first, sampler(Wobble(), z0, mask, generators([0, 1])))  # same seeds, same samples
+    assert torch.equal(first, inpaint(Wobble(), z0, mask, [0, 1]))  # same seeds, same samples
 
 
-def test_a_sample_depends_on_its_seed_not_on_its_batch():
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_a_sample_depends_on_its_seed_not_on_its_batch(eta):
     z0 = torch.randn(3, 3, 4, 4)
-    sampler = LatentInpaintingSampler(ddim(), 5)
-    batch = sampler(Wobble(), z0, half_mask(3), generators([10, 11, 12]))
-    alone = sampler(Wobble(), z0[1:2], half_mask(1), generators([11]))
+    batch = inpaint(Wobble(), z0, half_mask(3), [10, 11, 12], steps=5, eta=eta)
+    alone = inpaint(Wobble(), z0[1:2], half_mask(1), [11], steps=5, eta=eta)
     assert torch.allclose(batch[1:2], alone, atol=1e-6)
+
+
+def test_eta_adds_step_noise_in_the_regenerated_region_only():
+    z0, mask = torch.randn(2, 3, 4, 4), half_mask()
+    deterministic = inpaint(Wobble(), z0, mask, [0, 1])
+    stochastic = inpaint(Wobble(), z0, mask, [0, 1], eta=1.0)
+    known = mask.expand_as(z0).bool()
+    assert torch.equal(stochastic[known], z0[known])
+    assert (stochastic[~known] - deterministic[~known]).abs().mean() > 1e-2
 
 
 def test_one_merge_step_matches_the_ddim_update_by_hand():
     scheduler = ddim()
-    sampler = LatentInpaintingSampler(scheduler, 50)
     scheduler.set_timesteps(50)
     t = 500
     x_t, eps_model, z0, noise = (torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(4))
     mask = half_mask(1)
-    out = sampler.merge_step(eps_model, t, x_t, z0, mask, noise)
+    hook = KnownRegionMerge(scheduler, z0, mask)
+    t_prev = t - 1000 // 50  # DDIM with 50 of 1000 steps moves 20 timesteps
+    out = hook.after_step(scheduler.step(eps_model, t, x_t)[0], t_prev, lambda: noise)
 
     abar = scheduler.alphas_cumprod
-    t_prev = t - 1000 // 50  # DDIM with 50 of 1000 steps moves 20 timesteps
     x0_hat = (x_t - (1 - abar[t]).sqrt() * eps_model) / abar[t].sqrt()  # DDIM eq. 12, predicted x_0
     generated = abar[t_prev].sqrt() * x0_hat + (1 - abar[t_prev]).sqrt() * eps_model  # eta = 0
     known = abar[t_prev].sqrt() * z0 + (1 - abar[t_prev]).sqrt() * noise  # q(z0, t_prev)
     assert torch.allclose(out, mask * known + (1 - mask) * generated, atol=1e-6)
 
-    last = sampler.merge_step(eps_model, 0, x_t, z0, mask, noise)  # the clean end: the known part is z0 itself
+    last = hook.after_step(x_t, None, lambda: noise)  # the clean end: the known part is z0 itself
     assert torch.equal(last[..., :2, :], z0[..., :2, :])
 
 
@@ -113,9 +127,7 @@ def test_concat_condition_is_fed_to_the_network():
     scheduler = ddim()
     condition = torch.randn(2, 3, 4, 4)
     model = ExactNoise(scheduler, target=None)  # denoises towards the condition it receives
-    out = LatentInpaintingSampler(scheduler, 10)(
-        model, torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), generators([0, 1]), condition=condition
-    )
+    out = inpaint(model, torch.zeros(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), [0, 1], condition=condition)
     assert torch.allclose(out, condition, atol=1e-5)
 
 
@@ -124,16 +136,13 @@ def test_runs_a_monai_diffusion_unet_with_progress_bar():
     z0 = torch.randn(2, 3, 8, 8)
     mask = torch.zeros(2, 1, 8, 8)
     mask[..., 2:5, 2:5] = 1
-    out = LatentInpaintingSampler(ddim(), 3, progress=True)(unet, z0, mask, generators([0, 1]))
+    out = inpaint(unet, z0, mask, [0, 1], steps=3, progress=True)
     assert out.shape == z0.shape and torch.isfinite(out).all()
     assert torch.equal(out[..., 2:5, 2:5], z0[..., 2:5, 2:5])
 
 
 def test_bad_inputs_are_named():
-    with pytest.raises(TypeError, match="DDIMScheduler"):
-        LatentInpaintingSampler(DDPMScheduler(1000))
-    sampler = LatentInpaintingSampler(ddim(), 2)
-    with pytest.raises(ValueError, match="generator"):
-        sampler(Wobble(), torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 4, 4), generators([0]))
-    with pytest.raises(ValueError, match="keep_mask"):
-        sampler(Wobble(), torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 2, 2), generators([0, 1]))
+    with pytest.raises(ValueError, match="keep must have shape"):
+        KnownRegionMerge(ddim(), torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 2, 2))
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        DenoisingLoop(ddim(), 2, eta=-1.0)

@@ -1,0 +1,211 @@
+"""AugPaint's generator on phantom pairs: the kept region, the paper's flips, the conditional variant, and the bundle's
+inference config on checkpoints with cards (and the clear errors when a card does not fit)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from augpaint.inpainter import LatentInpainter
+from errors import raises_through_bundle
+from monai.bundle import ConfigWorkflow
+from monai.data import load_decathlon_datalist
+from monai.networks.schedulers import DDIMScheduler
+from tiny_networks import NOISE_SCHEDULE, tiny_checkpoint, tiny_unet_definition, tiny_vqvae_definition
+
+from common.data import load_splits, pair_transforms, phantom_dataset
+from common.data.flips import random_flips
+from common.generation import GenerationRun, JobBatch, jobs_from_pairs
+from common.regions import keep_mask, to_latent_grid
+
+SIZE = 32
+NUM_CLASSES = 5
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> list[dict]:
+    root = phantom_dataset(tmp_path_factory.mktemp("phantoms"), image_size=SIZE, num_images=12, seed=0)
+    return load_splits(root, seed=0, num_labelled=3)["train"]
+
+
+def load(pair: dict) -> dict[str, torch.Tensor]:
+    item = pair_transforms(SIZE)({"image": pair["image"], "label": pair["label"]})
+    return {key: torch.as_tensor(item[key]).as_subclass(torch.Tensor) for key in ("image", "label")}
+
+
+class PixelShuffleAutoencoder(torch.nn.Module):
+    """f=4 autoencoder whose decoder is the exact inverse of its encoder (space-to-depth and back)."""
+
+    def encode_stage_2_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, 4)
+
+    def decode_stage_2_outputs(self, z: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(z, 4)
+
+
+class Wobble(torch.nn.Module):
+    """A deterministic stand-in noise predictor; records the channel count it is fed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_channels: list[int] = []
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context=None) -> torch.Tensor:
+        self.input_channels.append(x.shape[1])
+        return torch.sin(3 * x[:, :16])
+
+
+def exact_inpainter(**kwargs) -> LatentInpainter:
+    scheduler = DDIMScheduler(1000, "scaled_linear_beta", beta_start=0.0015, beta_end=0.0195, clip_sample=False)
+    return LatentInpainter(PixelShuffleAutoencoder(), Wobble(), scheduler, 3, scale_factor=2.0, **kwargs)
+
+
+def run(pairs, output_dir, inpainter, num_samples=2, seed=10) -> list[dict]:
+    path = GenerationRun(
+        jobs_from_pairs(pairs, num_samples, seed),
+        inpainter,
+        str(output_dir),
+        "augpaint",
+        image_size=SIZE,
+        progress=False,
+    ).run()
+    return load_decathlon_datalist(path, data_list_key="training")
+
+
+def known_pixels(label: torch.Tensor) -> torch.Tensor:
+    """The pixels of the latent cells the box keep mask touches (what the latent sampler keeps)."""
+    known = to_latent_grid(keep_mask(label[None].long()), (SIZE // 4, SIZE // 4))
+    return known.repeat_interleave(4, -2).repeat_interleave(4, -1)[0].bool()
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_known_region_is_the_source_image_and_the_rest_changes_with_the_seed(pairs, tmp_path, eta):
+    entries = run(pairs, tmp_path, exact_inpainter(mask_mode="box", eta=eta))
+    assert len(entries) == 6
+    for first, second in zip(entries[0::2], entries[1::2], strict=True):  # the two samples of one source pair
+        source = load({"image": first["source_image"], "label": first["source_label"]})
+        known = known_pixels(source["label"])
+        assert known.any() and not known.all()
+        a, b = load(first), load(second)
+        assert torch.equal(a["label"], source["label"])  # the new pair keeps the source mask
+        assert (a["image"][known] - source["image"][known]).abs().max() <= 1 / 255 + 1e-6  # kept up to 8-bit rounding
+        assert (b["image"][known] - source["image"][known]).abs().max() <= 1 / 255 + 1e-6
+        assert (a["image"][~known] - b["image"][~known]).abs().mean() > 0.05  # regenerated differently per seed
+
+
+def test_flips_move_the_kept_structures_with_their_masks(pairs, tmp_path):
+    """The paper's flips: the pair is flipped before inpainting, so the kept region and the mask move together."""
+    entries = run(pairs[:1], tmp_path, exact_inpainter(flip=True), num_samples=6, seed=0)
+    with open(tmp_path / "datalist.json") as f:
+        seeds = [e["seed"] for e in json.load(f)["training"]]
+    source = load(pairs[0])
+    masks = set()
+    for entry, seed in zip(entries, seeds, strict=True):
+        written = load(entry)
+        image, label = random_flips(source["image"][None], source["label"][None], [seed])
+        assert torch.equal(written["label"], label[0])  # the mask is the flipped source mask
+        known = known_pixels(label[0])
+        assert (written["image"][known] - image[0][known]).abs().max() <= 1 / 255 + 1e-6  # kept at its new place
+        masks.add(tuple(written["label"].flatten().tolist()))
+    assert len(masks) > 1
+
+
+def test_conditional_network_gets_the_masked_latent_and_keep_mask():
+    inpainter = exact_inpainter(conditional=True)
+    images, labels = torch.rand(2, 1, SIZE, SIZE), torch.zeros(2, 1, SIZE, SIZE, dtype=torch.long)
+    labels[:, :, 4:12, 4:12] = 2
+    new_images, new_labels = inpainter(JobBatch([0, 1], images, labels))
+    assert set(inpainter.network.input_channels) == {2 * 16 + 1}  # cat(x_t, masked latent, keep mask)
+    assert new_images.shape == images.shape and torch.equal(new_labels, labels)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="flip"):
+        exact_inpainter(flip="false")  # a string from a command line would silently mean True
+    with pytest.raises(ValueError, match="mask_mode"):
+        exact_inpainter(mask_mode="circle")
+    with pytest.raises(ValueError, match="labelled pairs"):
+        exact_inpainter()(JobBatch([0]))
+
+
+CLASS_NAMES = ["background", "organ", "vessel", "nerve", "lesion"]
+
+
+def tiny_models(folder, image_size=SIZE) -> dict[str, str]:
+    """Random-weight AugPaint checkpoints with cards, as the training stages write them, and a filter segmenter."""
+    autoencoder = tiny_checkpoint(
+        f"{folder}/model_autoencoder.pt", tiny_vqvae_definition(), latent_factor=4, image_size=image_size
+    )
+    diffusion = tiny_checkpoint(
+        f"{folder}/model.pt",
+        tiny_unet_definition(),
+        inputs=[autoencoder],
+        noise_schedule=NOISE_SCHEDULE,
+        prediction_type="v_prediction",
+        latent_scale=1.3,
+        image_size=image_size,
+        conditional=False,
+    )
+    segmenter = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 5}
+    segmenter.update({"channels": [4, 8], "strides": [2], "num_res_units": 0})
+    checkpoint = tiny_checkpoint(
+        f"{folder}/model_segmenter.pt", segmenter, class_names=CLASS_NAMES, image_size=image_size
+    )
+    return {"autoencoder": autoencoder, "diffusion": diffusion, "segmenter": checkpoint}
+
+
+def run_inference(pairs, tmp_path, **overrides) -> dict:
+    tiny = {
+        "bundle_root": os.path.join(REPO, "bundles/augpaint"),
+        "dataset_dir": os.path.dirname(os.path.dirname(pairs[0]["image"])),
+        "num_labelled": 3,
+        "image_size": SIZE,
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "synthetic"),
+        "num_samples": 2,
+        "num_inference_steps": 2,
+        "progress": False,
+        **overrides,
+    }
+    workflow = ConfigWorkflow(
+        os.path.join(REPO, "bundles/augpaint/configs/inference.json"), workflow_type="infer", **tiny
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    with open(tmp_path / "synthetic" / "datalist.json") as f:
+        return json.load(f)
+
+
+def test_inference_config_builds_the_networks_from_their_cards_and_filters(pairs, tmp_path):
+    models = tiny_models(tmp_path / "models")
+    datalist = run_inference(pairs, tmp_path, segmenter_ckpt=models["segmenter"])
+    assert len(datalist["training"]) == 3 and datalist["dropped"] == 3
+    config = datalist["config"]
+    assert config["eta"] == 1.0 and config["prediction_type"] == "v_prediction" and config["latent_factor"] == 4
+
+
+def test_a_card_that_does_not_fit_the_run_is_a_clear_error(pairs, tmp_path):
+    models = tiny_models(tmp_path / "models", image_size=64)
+    with raises_through_bundle(ValueError, "image_size: asked for 32, trained with 64"):
+        run_inference(pairs, tmp_path)
+    models = tiny_models(tmp_path / "models")
+    tiny_checkpoint(models["autoencoder"], tiny_vqvae_definition(), seed=1, latent_factor=4, image_size=SIZE)
+    with raises_through_bundle(ValueError, "trained on another model_autoencoder.pt"):
+        run_inference(pairs, tmp_path)
+    os.remove(os.path.join(tmp_path, "models", "model.json"))
+    with raises_through_bundle(FileNotFoundError, "has no card"):
+        run_inference(pairs, tmp_path)
+
+
+def test_the_filter_segmenter_must_know_the_same_classes(pairs, tmp_path):
+    models = tiny_models(tmp_path / "models")
+    segmenter = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3}
+    segmenter.update({"channels": [4, 8], "strides": [2], "num_res_units": 0})
+    tiny_checkpoint(models["segmenter"], segmenter, class_names=["background", "a", "b"], image_size=SIZE)
+    with raises_through_bundle(ValueError, "class_names"):
+        run_inference(pairs, tmp_path, segmenter_ckpt=models["segmenter"])
