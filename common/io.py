@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.colors import ListedColormap
+from monai.visualize import blend_images
 from PIL import Image
 
 from common.data.readers import image_file_stem
@@ -403,7 +405,8 @@ def write_contact_sheet(
         raise ValueError("no pairs to show in a contact sheet")
     if columns < 1:
         raise ValueError(f"columns must be >= 1, got {columns}")
-    palette = class_palette(num_classes).astype(np.float32)
+    # MONAI's blend_images over the class colours: class c at c / (K - 1) of a K-colour map, background transparent
+    colours = ListedColormap(class_palette(num_classes).astype(np.float32) / 255.0)
     size = _image_array(pairs[0][0], "pair 0").shape
     cells = []
     for index, (image, label) in enumerate(pairs):
@@ -413,7 +416,9 @@ def write_contact_sheet(
         if classes.max() >= num_classes:
             raise ValueError(f"pair {index}: label value {classes.max()} is not below num_classes={num_classes}")
         rgb = np.repeat(grey[..., None] * 255.0, 3, axis=-1)
-        overlay = np.where((classes > 0)[..., None], 0.5 * rgb + 0.5 * palette[classes], rgb)
+        label = classes[None] / max(num_classes - 1, 1)
+        blended = blend_images(grey[None], label, alpha=0.5, cmap=colours, rescale_arrays=False)
+        overlay = 255.0 * np.moveaxis(np.asarray(blended), 0, -1)
         cells.append(np.concatenate([rgb, np.full((grey.shape[0], 1, 3), 255.0), overlay], axis=1))
     gap = 2
     height, width = cells[0].shape[:2]

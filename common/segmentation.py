@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -20,6 +19,7 @@ from PIL import Image
 
 from common.data import load_splits, read_datalist
 from common.data.readers import image_file_stem, is_image_file
+from common.files import atomic_files
 
 __all__ = ["SaveMaskd", "class_metric_names", "image_entries", "inference_datalist"]
 
@@ -118,14 +118,7 @@ class SaveMaskd(MapTransform):
         if self._written.get(name, source) != source:
             raise ValueError(f"{source} and {self._written[name]} would both be written to {name}.png")
         self._written[name] = source
-        os.makedirs(self.output_dir, exist_ok=True)
         path = os.path.join(self.output_dir, f"{name}.png")
-        handle, tmp = tempfile.mkstemp(suffix=".png", dir=self.output_dir)
-        os.close(handle)
-        try:
-            Image.fromarray(values.astype(np.uint8)).save(tmp, format="PNG")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_files(path) as (temp,):
+            Image.fromarray(values.astype(np.uint8)).save(temp, format="PNG")
         return path

@@ -189,6 +189,7 @@ def make_trainer(network: torch.nn.Module, iterations: int = 3, warmup: int = 1,
     )
 
 
+@pytest.mark.engine
 def test_vq_trainer_objective_is_pixel_plus_quantization_plus_warmed_up_adversarial():
     set_determinism(0)
     network = tiny_vqvae()
@@ -214,6 +215,7 @@ def test_vq_trainer_objective_is_pixel_plus_quantization_plus_warmed_up_adversar
     assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
 
 
+@pytest.mark.engine
 def test_vq_trainer_rejects_bad_weights_and_unknown_outputs():
     with pytest.raises(ValueError, match="adversarial_weight"):
         make_trainer(tiny_vqvae(), adversarial_weight=-1.0)
@@ -383,6 +385,7 @@ def images_of(data: list[dict], image_size: int = 64) -> torch.Tensor:
     return torch.stack([torch.as_tensor(transform({"image": d["image"]})["image"]) for d in data])
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_autoencoder_stage_writes_a_flat_state_dict(trained_autoencoder):
     checkpoint = Path(trained_autoencoder["ckpt_dir"]) / "model_autoencoder.pt"
@@ -397,6 +400,7 @@ def test_autoencoder_stage_writes_a_flat_state_dict(trained_autoencoder):
     assert list((Path(trained_autoencoder["output_dir"]) / "autoencoder").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_diffusion_stage_scales_latents_by_data_and_its_loss_falls(trained_autoencoder):
     set_determinism(0)
@@ -432,6 +436,7 @@ def test_diffusion_stage_scales_latents_by_data_and_its_loss_falls(trained_autoe
     assert last < 0.9 * first, f"diffusion loss did not fall: first 10 mean {first:.3f}, last 10 mean {last:.3f}"
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_conditional_stage_trains_the_concat_conditioned_unet(trained_autoencoder):
     run_bundle([AUTOENCODER, DIFFUSION, CONDITIONAL], **{**trained_autoencoder, "diffusion_iterations": 4})
@@ -441,6 +446,7 @@ def test_conditional_stage_trains_the_concat_conditioned_unet(trained_autoencode
     assert read_card(checkpoint)["settings"]["latent_scale"] > 0
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_multi_gpu_configs_train_with_two_cpu_processes(tiny_dataset, tmp_path):
     """torchrun with 2 processes on CPU (gloo): autoencoder then diffusion stage, DDP-wrapped."""

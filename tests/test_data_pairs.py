@@ -123,7 +123,7 @@ def test_datalist_file_and_folder_with_datalist(tmp_path):
         "training": [{"image": f"images/case{i:03d}.png", "label": f"masks/case{i:03d}.png"} for i in range(3)]
         + [{"image": "images/extra000.png", "seed": None}],
         "validation": [{"image": "images/case003.png", "label": "masks/case003.png"}],
-        "test": [{"image": "images/case004.png", "label": "masks/case004.png"}, "images/case005.png"],
+        "test": [{"image": "images/case004.png", "label": "masks/case004.png"}, {"image": "images/case005.png"}],
     }
     (data / "datalist.json").write_text(json.dumps(datalist))
     for dataset in (data / "datalist.json", data):
@@ -145,6 +145,10 @@ def test_datalist_file_and_folder_with_datalist(tmp_path):
     assert Path(splits["train"][0]["image"]).resolve() == (data / "images/case000.png").resolve()
     with pytest.raises(FileNotFoundError, match="classes.json"):
         read_class_names(other)  # neither a classes.json next to the datalist nor a "labels" dict in it
+    decathlon = tmp_path / "lists" / "decathlon.json"  # Decathlon test lists are plain image paths
+    decathlon.write_text(json.dumps({"training": rel[:4], "test": ["../data/images/case004.png"]}))
+    splits = load_splits(decathlon)
+    assert splits["test"] == [] and _ids(splits["unlabelled"]) == ["case004"] and len(splits["train"]) == 4
 
 
 def test_read_class_names(tmp_path):

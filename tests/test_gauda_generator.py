@@ -148,6 +148,7 @@ def test_probability_cross_entropy_is_cross_entropy_of_the_logits():
         ProbabilityCrossEntropyLoss()(torch.softmax(logits, 1), one_hot[:, :3])
 
 
+@pytest.mark.engine
 def test_mask_autoencoder_round_trip_keeps_mask_classes(single_torch_thread):
     """Overfit a tiny mask VQ-GAN (cross-entropy + adversarial) on four phantom masks: argmax of the decoded
     one-hot latent gives back the masks, every class present stays present."""
@@ -299,6 +300,7 @@ def test_generator_gives_pairs_that_depend_only_on_their_seed(scheduler):
         generator(JobBatch([1, 2], conditions=[[1]]))
 
 
+@pytest.mark.engine
 def test_conditioning_decides_the_class_on_a_toy_trained_for_seconds():
     """A tiny conditional UNet trained (MONAI SupervisedTrainer, condition dropout 0.2) on toy latents whose sign is
     decided by the condition: class 1 -> +1, class 2 -> -1. Guided DDIM samples follow their condition."""
@@ -390,6 +392,7 @@ def test_inference_builds_the_generator_from_the_cards_of_its_checkpoints(tmp_pa
         parse(INFERENCE, ckpt_dir=models["ckpt_dir"]).get_parsed_content("generator")
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("mask_stage", [False, True], ids=["image", "mask"])
 def test_autoencoder_stage_reports_the_reconstruction_of_its_final_network(tmp_path, single_torch_thread, mask_stage):
     """The stage's check scores the saved network on the first training pairs: PSNR for images, foreground Dice of
@@ -451,6 +454,7 @@ def test_generation_run_writes_a_datalist_with_conditions_and_class_index_masks(
 # ------------------------------------------------------------------------------------ bundle runs
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_train_stages_and_inference_end_to_end(tmp_path):
     ckpt_dir, synthetic = tmp_path / "models", tmp_path / "synthetic"
@@ -473,6 +477,7 @@ def test_train_stages_and_inference_end_to_end(tmp_path):
     assert generator.loop.num_inference_steps == 2 and generator.image_scale == settings["image_latent_scale"]
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_multi_gpu_configs_train_the_mask_autoencoder_and_the_ldm_with_two_cpu_processes(tmp_path):
     """torchrun with 2 processes on CPU (gloo): the mask autoencoder (its reconstruction check runs on every rank)

@@ -328,6 +328,7 @@ def _tiny_run(tmp_path) -> dict:
     }
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_downstream_scheme_trains_a_few_iterations(scheme, tmp_path):
     overrides = _tiny_run(tmp_path)
@@ -360,6 +361,7 @@ def smoke_trained_generator(folder: Path) -> Path:
     return models
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_gauda_scheme_runs_with_the_bundle_generator(tmp_path, sampler):

@@ -34,6 +34,7 @@ TINY_SCHEMES = {
 }
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_augment_both_methods_then_one_evaluation_of_both(tmp_path):
     data = phantom_dataset(root=str(tmp_path / "data"), num_images=30)

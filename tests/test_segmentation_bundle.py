@@ -121,6 +121,7 @@ def test_class_metric_names_are_readable_and_unique():
         class_metric_names("val_dice_", ["a b", "a-b"])
 
 
+@pytest.mark.engine
 def test_training_learns_and_saves_the_best_model_as_a_flat_state_dict(trained):
     tmp, workflow, losses = trained
     assert workflow.check_properties() == []  # every property MONAI's train workflow expects, under the right id
@@ -147,6 +148,7 @@ def test_training_learns_and_saves_the_best_model_as_a_flat_state_dict(trained):
     )
 
 
+@pytest.mark.engine
 def test_the_evaluation_keeps_the_final_network_even_with_validation_pairs(tmp_path):
     """Every arm of the evaluation selects its network the same way: the final one (keep_best_by_validation off)."""
     workflow, _ = _train(tmp_path, max_iterations=12, val_interval=4, keep_best_by_validation=False)
@@ -156,6 +158,7 @@ def test_the_evaluation_keeps_the_final_network_even_with_validation_pairs(tmp_p
     assert all(torch.equal(state[k], final[k]) for k in final)
 
 
+@pytest.mark.engine
 def test_without_validation_the_final_model_is_saved_and_the_loader_restarts(tmp_path):
     pairs = load_splits(None, seed=3, num_labelled=10)["train"]
     workflow, losses = _train(
@@ -189,6 +192,7 @@ def test_bad_training_data_fails_before_training(tmp_path):
     assert not (tmp_path / "models").exists()
 
 
+@pytest.mark.engine
 def test_inference_writes_class_index_masks_at_each_input_size(trained, tmp_path):
     model_dir, _, _ = trained
     inputs = tmp_path / "images"
@@ -252,6 +256,7 @@ def _cli_env() -> dict:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_cli_run_from_the_repository_root(tmp_path):
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/segmentation/configs/train.json"]
@@ -266,6 +271,7 @@ def test_cli_run_from_the_repository_root(tmp_path):
     load_network(str(tmp_path / "models" / "model.pt"))  # a flat state dict that fits its card
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_multi_gpu_override_runs_on_cpu_with_two_processes(tmp_path):
     config = "['bundles/segmentation/configs/train.json','bundles/segmentation/configs/multi_gpu_train.json']"

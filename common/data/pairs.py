@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from monai.data import load_decathlon_datalist
 
 from common.data.phantom import phantom_dataset
 from common.data.readers import image_file_stem, is_image_file
@@ -126,27 +127,22 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def read_datalist(path: str | os.PathLike) -> dict[str, list[dict]]:
-    """The ``training`` / ``validation`` / ``test`` lists of a Decathlon datalist, reduced to ``image`` (and ``label``
-    where present) with paths made absolute against the JSON's folder, as ``monai.data.load_decathlon_datalist``
-    does; plain strings (Decathlon test images) become ``{"image": ...}``. Missing keys give empty lists."""
+    """The ``training`` / ``validation`` / ``test`` lists of a Decathlon datalist, read with MONAI's
+    ``load_decathlon_datalist`` (paths made absolute against the JSON's folder, plain test strings as
+    ``{"image": ...}``) and reduced to ``image`` and ``label``. Missing keys give empty lists."""
     path = Path(path).resolve()
     content = json.loads(path.read_text())
     if not isinstance(content, dict) or not any(key in content for key in ("training", "validation", "test")):
         raise ValueError(f"{path}: a datalist needs a 'training', 'validation' or 'test' list")
     lists: dict[str, list[dict]] = {}
     for key in ("training", "validation", "test"):
-        lists[key] = []
-        for entry in content.get(key) or []:
-            entry = {"image": entry} if isinstance(entry, str) else entry
-            if not isinstance(entry, dict) or not entry.get("image"):
-                raise ValueError(f"{path}: every '{key}' entry needs an 'image' path, got {entry!r}")
-            lists[key].append(
-                {
-                    k: os.path.normpath(os.path.join(path.parent, str(entry[k])))
-                    for k in ("image", "label")
-                    if entry.get(k)
-                }
-            )
+        entries = (
+            load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key) if content.get(key) else []
+        )
+        bad = [e for e in entries if not isinstance(e, dict) or not e.get("image")]
+        if bad:
+            raise ValueError(f"{path}: every '{key}' entry needs an 'image' path, got {bad[0]!r}")
+        lists[key] = [{k: os.path.normpath(str(e[k])) for k in ("image", "label") if e.get(k)} for e in entries]
     return lists
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from common import augmentation
 from common.checkpoints import load_network
 from common.data import chain_transforms, pair_transforms
-from common.files import file_digest, json_ready, read_json, write_json
+from common.files import file_digest, json_ready, read_json, record_matches, write_json
 from common.metrics import per_class_scores
 from common.stages import run_workflow
 
@@ -140,8 +140,9 @@ def run_arm(
     """Per-image, per-class test scores of one arm and seed: read from a finished run with the same record, or
     trained and scored now."""
     record = run_record(arm, seed, iterations, val_interval, image_size, test)
-    previous = read_json(os.path.join(run_dir, RECORD))
-    if isinstance(previous, dict) and previous.get("settings") == record:
+    path = os.path.join(run_dir, RECORD)
+    previous = read_json(path)
+    if record_matches(path, record, key="settings"):
         return {metric: np.asarray(values, dtype=float) for metric, values in previous["scores"].items()}
     if isinstance(previous, dict) and "settings" in previous:
         changed = sorted(k for k in record if previous["settings"].get(k) != record[k])
