@@ -119,7 +119,8 @@ def scheme_rows(bundle: Bundle, models: str, iterations: int, val_interval: int,
     rows = []
     for name, value in seconds.items():
         row = {"method": bundle.name, "scheme": name, "iterations": iterations, "val_interval": val_interval}
-        row.update({"seconds": value, "ratio_to_" + reference: value / seconds[reference], "knobs": dict(knobs)})
+        row.update({"seconds": value, "reference": reference, "ratio_to_reference": value / seconds[reference]})
+        row["knobs"] = dict(knobs)
         if bundle.name in PAPER_OVERHEADS:
             hours = PAPER_OVERHEADS[bundle.name]
             row["paper_reference"] = f"{hours[0]} h / {hours[1]} h = {hours[0] / hours[1]:.2f}x"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from common.bundles import find_bundles
+from common.data import load_splits, phantom_dataset
 from common.stages import add_bundle_to_path
 
 for _bundle in find_bundles().values():
@@ -21,3 +22,10 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> list[dict]:
+    """Three labelled pairs of a 32 px phantom set of 12 images (seed 0)."""
+    root = phantom_dataset(tmp_path_factory.mktemp("phantoms"), image_size=32, num_images=12, seed=0)
+    return load_splits(root, seed=0, num_labelled=3)["train"]

@@ -14,9 +14,9 @@ from errors import raises_through_bundle
 from monai.bundle import ConfigWorkflow
 from monai.data import load_decathlon_datalist
 from monai.networks.schedulers import DDIMScheduler
+from phantom_pairs import load_pair
 from tiny_networks import NOISE_SCHEDULE, tiny_checkpoint, tiny_unet_definition, tiny_vqvae_definition
 
-from common.data import load_splits, pair_transforms, phantom_dataset
 from common.data.flips import random_flips
 from common.generation import GenerationRun, JobBatch, jobs_from_pairs
 from common.regions import keep_mask, to_latent_grid
@@ -26,15 +26,8 @@ NUM_CLASSES = 5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> list[dict]:
-    root = phantom_dataset(tmp_path_factory.mktemp("phantoms"), image_size=SIZE, num_images=12, seed=0)
-    return load_splits(root, seed=0, num_labelled=3)["train"]
-
-
 def load(pair: dict) -> dict[str, torch.Tensor]:
-    item = pair_transforms(SIZE)({"image": pair["image"], "label": pair["label"]})
-    return {key: torch.as_tensor(item[key]).as_subclass(torch.Tensor) for key in ("image", "label")}
+    return load_pair(pair, SIZE)
 
 
 class PixelShuffleAutoencoder(torch.nn.Module):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from monai.data import load_decathlon_datalist
 from monai.networks.nets import UNet
+from phantom_pairs import load_pair
 
-from common.data import load_splits, pair_transforms, phantom_dataset
 from common.filtering import ConfidenceFilter, DiceFilter
 from common.generation import (
     GenerationRun,
@@ -26,15 +26,8 @@ SIZE = 32
 NUM_CLASSES = 5
 
 
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> list[dict]:
-    root = phantom_dataset(tmp_path_factory.mktemp("phantoms"), image_size=SIZE, num_images=12, seed=0)
-    return load_splits(root, seed=0, num_labelled=3)["train"]
-
-
 def load(pair: dict) -> dict[str, torch.Tensor]:
-    item = pair_transforms(SIZE)({"image": pair["image"], "label": pair["label"]})
-    return {key: torch.as_tensor(item[key]).as_subclass(torch.Tensor) for key in ("image", "label")}
+    return load_pair(pair, SIZE)
 
 
 def read(datalist_path: str) -> dict:

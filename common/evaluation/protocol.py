@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from common.bundles import find_methods, method_bundle
@@ -124,9 +125,37 @@ def evaluate(
     sweep_samples: int = 20,
     generator_knobs: Mapping[str, Any] | None = None,
     test_data: str | None = None,
-    out: str = "outputs/evaluate",
+    out: str | None = None,
 ) -> dict[str, Any]:
-    """Run the protocol and return the results (also written to ``out``); see ``scripts.evaluate`` for the knobs."""
+    """Run the protocol and return the results (also written to ``out``).
+
+    Args:
+        data: data set folder or datalist JSON; default the embedded phantoms.
+        labelled: size of the labelled subset (None: the whole training split).
+        synthetic: one or more synthetic sets (a folder with datalist.json, or the datalist itself).
+        schemes: method schemes to add as arms: ``gauda`` (all of its schemes) or ``gauda:baseline,gauda:gauda``.
+        generator: the models folder of a trained generator (``scripts.augment`` writes ``<out>/models``), for the
+            schemes that need one and for the sweep; a dict ``{method: folder}`` when several methods are involved.
+        seed: the split seed; must be the ``--seed`` the synthetic sets and the generator were made with.
+        seeds: training seeds per arm (0..seeds-1).
+        iterations: training iterations of every arm.
+        val_interval: iterations between validations (the schemes' online decisions happen there).
+        val_fraction: part of the labelled subset carved out for validation (none of it trains any arm).
+        image_size: model input size; test masks are scored at this size.
+        controls: add the controls each synthetic set's method declares.
+        synthetic_only: add an arm per synthetic set trained on its pairs alone (the Synthetic-Only score).
+        knobs: config ids for every arm's segmenter, e.g. ``"{'channels': [8, 16, 32, 64], 'batch_size': 16}"``.
+        scheme_knobs: config ids for every scheme arm, e.g. ``"{'bayesian_model': 'mc_dropout'}"``.
+        sweep: ``{knob: [values]}``: synthesise ``sweep_samples`` pairs per job set for each value from the
+            generator and report their quality (e.g. GAUDA's guidance, Fig. 5).
+        sweep_samples: pairs per job and value of the sweep.
+        generator_knobs: config ids for the sweep's generation runs.
+        test_data: score on this data set's test split instead (cross-domain); it must have the same classes.
+        out: folder for results, controls, sweep sets and runs; default
+            ``outputs/evaluate/<data set>_n<labelled>_s<seed>``.
+    """
+    data_name = "phantoms" if data in (None, "phantoms") else Path(str(data)).resolve().name
+    out = out or os.path.join("outputs", "evaluate", f"{data_name}_n{labelled if labelled else 'all'}_s{seed}")
     data = resolve_dataset(data)
     test_source = resolve_dataset(test_data) if test_data is not None else data
     splits = load_splits(data, seed=seed, num_labelled=labelled, val_fraction=val_fraction)
