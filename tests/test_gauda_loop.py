@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -414,3 +417,19 @@ def test_downstream_baseline_builds_an_mc_dropout_unet_on_request():
     network = parser.get_parsed_content("network_def")()
     assert not isinstance(network, DeepEnsemble)
     assert any(isinstance(m, nn.Dropout) and m.p == pytest.approx(0.2) for m in network.modules())
+
+
+@pytest.mark.slow
+@pytest.mark.engine
+def test_multi_gpu_override_trains_a_scheme_with_two_cpu_processes(tmp_path):
+    """torchrun, 2 processes, gloo: the deep ensemble in DDP; rank 0 writes one checkpoint that fits its card."""
+    overrides = {**_tiny_run(tmp_path), "max_iterations": 4}
+    config = json.dumps([*_files("baseline"), str(CONFIGS / "multi_gpu_train_downstream.json")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "monai.bundle", "run", "--config_file", config]
+    command += [arg for key, value in overrides.items() for arg in (f"--{key}", json.dumps(value))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    network = load_network(str(tmp_path / "models" / "model_downstream_baseline.pt"), image_size=64)
+    assert isinstance(network, DeepEnsemble) and len(network.members) == 2
