@@ -116,3 +116,22 @@ def test_a_synthetic_set_made_from_a_test_mask_is_refused_before_training(tmp_pa
     with pytest.raises(LeakageError, match="not in the labelled subset"):
         evaluate(data=data, labelled=4, synthetic=[str(leaked)], seeds=1, iterations=2, out=str(tmp_path / "ev"))
     assert not (tmp_path / "ev" / "runs").exists()
+
+
+@pytest.mark.engine
+def test_cross_domain_evaluation_trains_on_one_domain_and_scores_on_the_other(tmp_path):
+    source = phantom_dataset(root=str(tmp_path / "data"), num_images=20)
+    shifted = phantom_dataset(root=str(tmp_path / "data"), num_images=20, domain="shifted")
+    options = dict(labelled=4, seeds=1, iterations=2, knobs=TINY_ARMS, synthetic_only=False)
+    results = evaluate(data=source, test_data=shifted, out=str(tmp_path / "cross"), **options)
+    assert results["test_data"] == shifted and results["data"] == source
+    (record,) = (tmp_path / "cross" / "runs").glob("real/seed0/run.json")
+    scores = json.loads(record.read_text())["scores"]["dice"]
+    assert len(scores) == len(load_splits(shifted)["test"])  # one row per test image of the other domain
+    with pytest.raises(ValueError, match="other classes"):
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "images").symlink_to(os.path.join(source, "images"))
+        (other / "masks").symlink_to(os.path.join(source, "masks"))
+        (other / "classes.json").write_text(json.dumps({"0": "background", "1": "something"}))
+        evaluate(data=source, test_data=str(other), out=str(tmp_path / "bad"), **options)

@@ -13,22 +13,23 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.bundles import find_methods, method_bundle
 from common.checkpoints import load_network
 from common.data import load_splits, read_class_names, resolve_dataset
-from common.files import write_json
+from common.files import atomic_files, write_json
 from common.stages import profile_files, run_workflow
 
-from .arms import Arm, scheme_arms, standard_arms, synthetic_arms, synthetic_set_name
+from .arms import REAL, Arm, scheme_arms, standard_arms, synthetic_arms, synthetic_set_name
 from .provenance import check_provenance, load_synthetic_pairs, synthetic_datalist, synthetic_method
 from .quality import class_condition_agreement, sample_diversity, synthetic_feature_distances
 from .report import score_summary, summarise, to_markdown, write_class_figure
 from .runs import run_arm, score_segmenter
 
-__all__ = ["evaluate", "parse_schemes"]
+__all__ = ["EvaluationData", "build_arms", "evaluate", "parse_schemes", "write_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,100 +155,193 @@ def evaluate(
         out: folder for results, controls, sweep sets and runs; default
             ``outputs/evaluate/<data set>_n<labelled>_s<seed>``.
     """
-    data_name = "phantoms" if data in (None, "phantoms") else Path(str(data)).resolve().name
-    out = out or os.path.join("outputs", "evaluate", f"{data_name}_n{labelled if labelled else 'all'}_s{seed}")
-    data = resolve_dataset(data)
-    test_source = resolve_dataset(test_data) if test_data is not None else data
-    splits = load_splits(data, seed=seed, num_labelled=labelled, val_fraction=val_fraction)
-    labelled_pairs, train, validation = splits["train"] + splits["val"], splits["train"], splits["val"]
-    test = load_splits(test_source)["test"] if test_data is not None else splits["test"]
-    if not test:
-        raise ValueError(f"{test_source} has no test split to score on")
-    class_names = read_class_names(data)
-    if read_class_names(test_source) != class_names:
-        raise ValueError(f"{test_source} has other classes than {data}: a cross-domain test needs the same classes")
+    out = out or default_out(data, labelled, seed)
+    sets = EvaluationData.load(data, labelled, seed, val_fraction, test_data)
     chosen_schemes = parse_schemes(schemes) if schemes else {}
     generators = _generators(generator, chosen_schemes, sweep)
     datalists = [synthetic_datalist(s) for s in ([synthetic] if isinstance(synthetic, str) else synthetic)]
-    all_masks = [p["label"] for p in load_splits(data)["train"]]
     for datalist in datalists:
-        check_provenance(datalist, labelled_pairs, splits["test"], all_masks)
+        check_provenance(datalist, sets.labelled, sets.own_test, sets.real_masks)
     os.makedirs(out, exist_ok=True)
-
-    methods = find_methods()
-    arms: list[Arm] = standard_arms(train)
-    for datalist in datalists:
-        arms += synthetic_arms(
-            datalist, methods.get(synthetic_method(datalist)), train, out, image_size, seed, controls, synthetic_only
-        )
-    for method, names in chosen_schemes.items():
-        arms += scheme_arms(methods[method], names, train, validation, generators.get(method), scheme_knobs or {})
-    for arm in arms:
-        arm.overrides = {**dict(knobs or {}), **arm.overrides}
-    logger.info(
-        f"{len(arms)} arms x {seeds} seeds, {iterations} iterations, {len(train)} training pairs, "
-        f"{len(validation)} validation pairs, {len(test)} test pairs of {test_source}"
-    )
-    per_seed = {
-        arm.name: [
-            run_arm(
-                arm, _run_dir(out, arm.name, s), s, iterations, val_interval, data, image_size, test, len(class_names)
-            )
-            for s in range(seeds)
-        ]
-        for arm in arms
-    }
+    options = {"controls": controls, "synthetic_only": synthetic_only, "knobs": knobs, "scheme_knobs": scheme_knobs}
+    arms = build_arms(sets, datalists, chosen_schemes, generators, out, image_size, seed, **options)
+    per_seed = run_arms(arms, sets, out, seeds, iterations, val_interval, image_size)
     results: dict[str, Any] = {
-        "data": data,
-        "test_data": test_source,
+        "data": sets.data,
+        "test_data": sets.test_source,
         "labelled": labelled,
-        "training_pairs": len(train),
-        "validation_pairs": len(validation),
+        "training_pairs": len(sets.train),
+        "validation_pairs": len(sets.validation),
         "iterations": iterations,
         "seeds": seeds,
-        "class_names": class_names,
-        "arms": summarise(per_seed, class_names, {arm.name: arm.references for arm in arms}),
+        "class_names": sets.class_names,
+        "arms": summarise(per_seed, sets.class_names, {arm.name: arm.references for arm in arms}),
     }
-    reference_runs = [_run_dir(out, "real", s) for s in range(seeds)]
     if datalists or sweep:
-        networks = [load_network(os.path.join(run, "model.pt"), image_size=image_size) for run in reference_runs]
-        real_images = splits["train"] + splits["val"] + splits["unlabelled"]
-        results["generator_quality"] = {}
-        for datalist in datalists:
-            name = synthetic_set_name(datalist)
-            quality = _generator_quality(networks, real_images, load_synthetic_pairs(datalist), class_names, image_size)
-            if f"synthetic only: {name}" in results["arms"]:
-                quality["synthetic_only_dice"] = results["arms"][f"synthetic only: {name}"]["dice"]
-            results["generator_quality"][name] = quality
-        if sweep:
-            ((knob, values),) = sweep.items()
-            method = _sweep_method(generators)
-            sets = _sweep_sets(
-                method,
-                generators[method],
-                knob,
-                values,
-                sweep_samples,
-                data,
-                labelled,
-                seed,
-                image_size,
-                out,
-                generator_knobs or {},
-            )
-            results["sweep"] = {
-                "method": method,
-                "knob": knob,
-                "sets": {
-                    k: _generator_quality(networks, real_images, v, class_names, image_size) for k, v in sets.items()
-                },
-            }
-    markdown = to_markdown(results)
-    write_json(os.path.join(out, "results.json"), results)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(markdown)
-    write_class_figure(results, os.path.join(out, "dice_per_class.png"))
+        networks = [
+            load_network(os.path.join(_run_dir(out, REAL, s), "model.pt"), image_size=image_size) for s in range(seeds)
+        ]
+        results["generator_quality"] = {
+            synthetic_set_name(d): _set_quality(d, results["arms"], networks, sets, image_size) for d in datalists
+        }
+    if sweep:
+        results["sweep"] = _sweep(
+            sweep, generators, sweep_samples, generator_knobs, networks, sets, labelled, seed, image_size, out
+        )
+    write_results(results, out)
     return results
+
+
+def run_arms(
+    arms: Sequence[Arm],
+    sets: EvaluationData,
+    out: str,
+    seeds: int,
+    iterations: int,
+    val_interval: int,
+    image_size: int,
+) -> dict[str, list[dict]]:
+    """Per arm, the per-image test scores of every training seed (trained now or read from a finished run)."""
+    logger.info(
+        f"{len(arms)} arms x {seeds} seeds, {iterations} iterations, {len(sets.train)} training pairs, "
+        f"{len(sets.validation)} validation pairs, {len(sets.test)} test pairs of {sets.test_source}"
+    )
+    per_seed: dict[str, list[dict]] = {}
+    for arm in arms:
+        per_seed[arm.name] = [
+            run_arm(arm, _run_dir(out, arm.name, s), s, iterations, val_interval, sets.data, image_size, sets.test,
+                    len(sets.class_names))
+            for s in range(seeds)
+        ]  # fmt: skip
+    return per_seed
+
+
+@dataclass
+class EvaluationData:
+    """What an evaluation trains and scores on: the labelled subset split into training and validation pairs, the
+    test pairs (another data set's for a cross-domain test), the class names, and the real images and masks that
+    synthetic sets are checked and compared against."""
+
+    data: str
+    test_source: str
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+    own_test: list[dict]
+    class_names: list[str]
+    real_images: list[dict]
+    real_masks: list[str]
+
+    @property
+    def labelled(self) -> list[dict]:
+        return self.train + self.validation
+
+    @classmethod
+    def load(
+        cls, data: str | None, labelled: int | None, seed: int, val_fraction: float, test_data: str | None
+    ) -> EvaluationData:
+        data = resolve_dataset(data)
+        test_source = resolve_dataset(test_data) if test_data is not None else data
+        splits = load_splits(data, seed=seed, num_labelled=labelled, val_fraction=val_fraction)
+        test = load_splits(test_source)["test"] if test_data is not None else splits["test"]
+        if not test:
+            raise ValueError(f"{test_source} has no test split to score on")
+        class_names = read_class_names(data)
+        if read_class_names(test_source) != class_names:
+            raise ValueError(f"{test_source} has other classes than {data}: a cross-domain test needs the same classes")
+        return cls(
+            data,
+            test_source,
+            splits["train"],
+            splits["val"],
+            test,
+            splits["test"],
+            class_names,
+            splits["train"] + splits["val"] + splits["unlabelled"],
+            [p["label"] for p in load_splits(data)["train"]],
+        )
+
+
+def build_arms(
+    sets: EvaluationData,
+    datalists: Sequence[str],
+    schemes: Mapping[str, Sequence[str]],
+    generators: Mapping[str, str],
+    out: str,
+    image_size: int,
+    seed: int,
+    controls: bool = True,
+    synthetic_only: bool = True,
+    knobs: Mapping[str, Any] | None = None,
+    scheme_knobs: Mapping[str, Any] | None = None,
+) -> list[Arm]:
+    """The standard arms, the arms of every synthetic set (with its method's controls) and the schemes asked for;
+    ``knobs`` go to every arm's segmenter, ``scheme_knobs`` to the schemes'."""
+    methods = find_methods()
+    arms: list[Arm] = standard_arms(sets.train)
+    for datalist in datalists:
+        method = methods.get(synthetic_method(datalist))
+        arms += synthetic_arms(datalist, method, sets.train, out, image_size, seed, controls, synthetic_only)
+    for arm in arms:
+        arm.overrides = dict(knobs or {})
+    for method, names in schemes.items():
+        scheme_overrides = {**dict(knobs or {}), **dict(scheme_knobs or {})}
+        arms += scheme_arms(
+            methods[method], names, sets.train, sets.validation, generators.get(method), scheme_overrides
+        )
+    return arms
+
+
+def default_out(data: str | None, labelled: int | None, seed: int) -> str:
+    """``outputs/evaluate/<data set>_n<labelled>_s<seed>``: one folder per data set, subset and split seed."""
+    data_name = "phantoms" if data in (None, "phantoms") else Path(str(data)).resolve().name
+    return os.path.join("outputs", "evaluate", f"{data_name}_n{labelled if labelled else 'all'}_s{seed}")
+
+
+def _set_quality(
+    datalist: str, arms: Mapping[str, Any], networks: Sequence, sets: EvaluationData, image_size: int
+) -> dict[str, Any]:
+    quality = _generator_quality(
+        networks, sets.real_images, load_synthetic_pairs(datalist), sets.class_names, image_size
+    )
+    synthetic_only = arms.get(f"synthetic only: {synthetic_set_name(datalist)}")
+    if synthetic_only is not None:
+        quality["synthetic_only_dice"] = synthetic_only["dice"]
+    return quality
+
+
+def _sweep(
+    sweep: Mapping[str, Sequence[Any]],
+    generators: Mapping[str, str],
+    samples: int,
+    generator_knobs: Mapping[str, Any] | None,
+    networks: Sequence,
+    sets: EvaluationData,
+    labelled: int | None,
+    seed: int,
+    image_size: int,
+    out: str,
+) -> dict[str, Any]:
+    """Generator quality of one synthetic set per value of the swept knob."""
+    ((knob, values),) = sweep.items()
+    method = _sweep_method(generators)
+    made = _sweep_sets(
+        method, generators[method], knob, values, samples, sets.data, labelled, seed, image_size, out,
+        generator_knobs or {},
+    )  # fmt: skip
+    quality = {
+        name: _generator_quality(networks, sets.real_images, pairs, sets.class_names, image_size)
+        for name, pairs in made.items()
+    }
+    return {"method": method, "knob": knob, "sets": quality}
+
+
+def write_results(results: Mapping[str, Any], out: str) -> None:
+    """``results.json``, ``results.md`` and ``dice_per_class.png`` in ``out``."""
+    write_json(os.path.join(out, "results.json"), results)
+    with atomic_files(os.path.join(out, "results.md")) as (temp,), open(temp, "w") as f:
+        f.write(to_markdown(results))
+    write_class_figure(results, os.path.join(out, "dice_per_class.png"))
 
 
 def _generators(
