@@ -35,6 +35,7 @@ __all__ = [
     "build_network",
     "card_path",
     "check_settings",
+    "labels_seen",
     "load_network",
     "network_definition",
     "read_card",
@@ -99,6 +100,16 @@ def read_card(checkpoint: str) -> dict[str, Any]:
             "it was not written by this version of the bundle's training; train that stage again"
         )
     return card
+
+
+def labels_seen(checkpoints: Sequence[str | None]) -> list[str]:
+    """Every mask file the networks of ``checkpoints`` were trained on (their cards' ``labels_seen``), sorted; a
+    generation run records it, so the evaluation can refuse a set made with more labels than its labelled subset."""
+    seen = set()
+    for checkpoint in checkpoints:
+        if checkpoint:
+            seen.update(read_card(checkpoint)["settings"].get("labels_seen", []))
+    return sorted(seen)
 
 
 def check_settings(checkpoint: str, card: Mapping[str, Any] | None = None, **expected: Any) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 TEMP_PREFIX = ".tmp-"
+_TEMPORARY = re.compile(r"^\.tmp-[0-9a-f]{12}-")  # exactly the names atomic_files makes
 
 
 @contextmanager
@@ -57,9 +59,10 @@ def atomic_files(*paths: str) -> Iterator[tuple[str, ...]]:
 
 
 def remove_stale_temporaries(folder: str) -> None:
-    """Delete the temporary files a killed process left in ``folder`` (an exception never leaves any)."""
+    """Delete the temporary files a killed process left in ``folder`` (an exception never leaves any): only names
+    that :func:`atomic_files` makes, so no file of the user's is ever removed."""
     for file_name in os.listdir(folder):
-        if file_name.startswith(TEMP_PREFIX):
+        if _TEMPORARY.match(file_name):
             os.remove(os.path.join(folder, file_name))
 
 

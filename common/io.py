@@ -35,7 +35,14 @@ from common.files import atomic_files, json_ready, remove_stale_temporaries, wri
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SyntheticDatasetWriter", "write_contact_sheet", "class_palette", "IMAGE_FORMATS", "STATUSES"]
+__all__ = [
+    "IMAGE_FORMATS",
+    "STATUSES",
+    "SyntheticDatasetWriter",
+    "check_output_dir",
+    "class_palette",
+    "write_contact_sheet",
+]
 
 IMAGE_FORMATS = {"png": ".png", "nii.gz": ".nii.gz"}
 STATUSES = ("kept", "relabelled")
@@ -72,6 +79,24 @@ def class_palette(num_classes: int = 256) -> np.ndarray:
     """RGB colour of every class index, ``(num_classes, 3)`` uint8: black background, then distinct colours (cycled)."""
     colours = [_COLOURS[0]] + [_COLOURS[1 + (i - 1) % (len(_COLOURS) - 1)] for i in range(1, num_classes)]
     return np.asarray(colours[:num_classes], dtype=np.uint8)
+
+
+def check_output_dir(output_dir: str, method: str) -> None:
+    """Refuse, before anything is trained, an output folder that holds a datalist (finished or journalled) that is
+    not a synthetic set of ``method``: the writer would refuse it only after training, and must never take it over."""
+    for name in (DATALIST_NAME, JOURNAL_NAME):
+        path = os.path.join(output_dir, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                record = json.loads(f.readline() if name == JOURNAL_NAME else f.read())
+        except ValueError:
+            record = None
+        found = record.get("method") if isinstance(record, dict) else None
+        if found != method:
+            what = f"a set of {found!r}" if found else "not a synthetic data set"
+            raise ValueError(f"{path} is not a synthetic set of {method!r} ({what}); choose another output folder")
 
 
 class SyntheticDatasetWriter:

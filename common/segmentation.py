@@ -56,7 +56,7 @@ def image_entries(datalist: str | Sequence[str | Mapping], datalist_key: str = "
     if isinstance(datalist, str):
         if not os.path.isfile(datalist):
             raise FileNotFoundError(f"datalist {datalist} does not exist")
-        lists = read_datalist(datalist)
+        lists = read_datalist(datalist, allow_outside_paths=True)  # inference only reads the images it segments
         if datalist_key not in lists:
             raise ValueError(f"datalist_key must be one of {sorted(lists)}, got {datalist_key!r}")
         return image_entries(lists[datalist_key])

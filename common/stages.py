@@ -5,7 +5,8 @@ files) run with :class:`monai.bundle.ConfigWorkflow`. A stage whose checkpoint a
 asked to retrain, so an interrupted ``train.json`` resumes at the first unfinished stage. Beside each checkpoint a
 ``<checkpoint>.stage.json`` records the config files and overrides it was trained with and the digests of the
 checkpoints of the stages before it; a checkpoint trained with other settings (another data set, seed or size) or on
-an earlier stage that has since been retrained is never reused silently: that stage is trained again.
+an earlier stage that has since been retrained is never reused silently: that stage is trained again. A checkpoint
+that no stage wrote (no record beside it) is the user's: it is never overwritten unless that stage is retrained.
 
 :func:`run_workflow` puts the bundle's folder on ``sys.path`` first, as ``python -m monai.bundle run`` does, so the
 configs can name the bundle's own Python package (e.g. ``"_target_": "augpaint.inpainter.LatentInpainter"``).
@@ -22,7 +23,7 @@ from typing import Any
 from monai.bundle import ConfigWorkflow
 
 from common.bundles import add_to_path
-from common.files import file_digest, json_ready, record_matches, write_json
+from common.files import file_digest, json_ready, read_json, record_matches, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,11 @@ def run_stages(
             if record_matches(f"{checkpoint}.stage.json", record):
                 logger.info(f"stage {index}/{len(stages)} '{name}': reusing {checkpoint} (retrain to train it again)")
                 continue
+            if read_json(f"{checkpoint}.stage.json") is None:
+                raise FileExistsError(
+                    f"{checkpoint} exists but no stage of this project wrote it (it has no {checkpoint}.stage.json): "
+                    f"move it away, choose another ckpt_dir, or retrain '{name}' to overwrite it"
+                )
             logger.warning(
                 f"stage {index}/{len(stages)} '{name}': {checkpoint} was trained with other settings or on other "
                 "checkpoints of the stages before it"

@@ -25,9 +25,13 @@ import fire
 from monai.bundle import ConfigParser
 
 from common.bundles import find_bundles, method_bundle
+from common.data import validate_dataset
+from common.io import check_output_dir
 from common.stages import profile_files, run_stages, run_workflow
 
 logger = logging.getLogger("scripts.augment")
+
+SEGMENTER_VAL_FRACTION = 0.2  # bundles/segmentation/configs/train.json's val_fraction
 
 
 def default_output_dir(method: str, data: str | None, labelled: int | None, seed: int) -> str:
@@ -59,7 +63,8 @@ def train_filter_segmenter(models: str, shared: dict[str, Any], knobs: dict[str,
             **knobs,
         },
     }
-    run_stages([stage], {k: shared[k] for k in ("dataset_dir", "num_labelled", "seed", "image_size")}, retrain)
+    keys = ("dataset_dir", "num_labelled", "seed", "image_size", "allow_outside_paths")
+    run_stages([stage], {k: shared[k] for k in keys}, retrain)
     return checkpoint
 
 
@@ -74,6 +79,7 @@ def augment(
     retrain: bool = False,
     train_knobs: dict | None = None,
     segmenter_knobs: dict | None = None,
+    allow_outside_paths: bool = False,
     **knobs: Any,
 ) -> str:
     """Train ``method`` on ``data`` and write its synthetic pairs; returns the datalist path.
@@ -90,11 +96,18 @@ def augment(
         train_knobs: config ids of the generative stages (budgets and network sizes, e.g.
             ``--train_knobs "{'diffusion_iterations': 500}"``); a stage trained with other knobs is retrained.
         segmenter_knobs: config ids of the filter segmenter (``bundles/segmentation`` ids, e.g. ``max_iterations``).
+        allow_outside_paths: accept a datalist whose paths leave its folder.
         knobs: config ids of the generation run, e.g. ``--num_samples 3 --keep_fraction 0.5 --eta 0``.
     """
     bundle = method_bundle(method)
     out = out or default_output_dir(method, data, labelled, seed)
     models = os.path.join(out, "models")
+    inference = bundle.config("inference")
+    needs_segmenter = _needs_segmenter(inference) and "segmenter_ckpt" not in knobs
+    # every problem of the data and of the settings before the first stage trains
+    val_fraction = dict(segmenter_knobs or {}).get("val_fraction", SEGMENTER_VAL_FRACTION) if needs_segmenter else 0.0
+    validate_dataset(data, labelled, seed, val_fraction, allow_outside_paths=allow_outside_paths)
+    check_output_dir(os.path.join(out, "synthetic"), bundle.evaluation.get("method", method))
     shared = {
         "bundle_root": str(bundle.root),
         "dataset_dir": data,
@@ -102,11 +115,11 @@ def augment(
         "seed": seed,
         "image_size": image_size,
         "ckpt_dir": models,
+        "allow_outside_paths": allow_outside_paths,
     }
     start = time.perf_counter()
     run_workflow(bundle.config("train"), **shared, profile=profile, retrain=retrain, knobs=dict(train_knobs or {}))
-    inference = bundle.config("inference")
-    if _needs_segmenter(inference) and "segmenter_ckpt" not in knobs:
+    if needs_segmenter:
         knobs["segmenter_ckpt"] = train_filter_segmenter(models, shared, dict(segmenter_knobs or {}), retrain)
     trained = time.perf_counter()
     synthetic_dir = os.path.join(out, "synthetic")

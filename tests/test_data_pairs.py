@@ -140,14 +140,16 @@ def test_datalist_file_and_folder_with_datalist(tmp_path):
     other.parent.mkdir()
     rel = [{"image": f"../data/images/case{i:03d}.png", "label": f"../data/masks/case{i:03d}.png"} for i in range(5)]
     other.write_text(json.dumps({"training": rel}))
-    splits = load_splits(other)
+    with pytest.raises(ValueError, match="leave the datalist's folder"):
+        load_splits(other)  # ../ paths reach files the datalist's author did not ship with it
+    splits = load_splits(other, allow_outside_paths=True)
     assert len(splits["test"]) == 1 and len(splits["train"]) == 4, "no test list: a seeded 20 % split"
     assert Path(splits["train"][0]["image"]).resolve() == (data / "images/case000.png").resolve()
     with pytest.raises(FileNotFoundError, match="classes.json"):
         read_class_names(other)  # neither a classes.json next to the datalist nor a "labels" dict in it
     decathlon = tmp_path / "lists" / "decathlon.json"  # Decathlon test lists are plain image paths
     decathlon.write_text(json.dumps({"training": rel[:4], "test": ["../data/images/case004.png"]}))
-    splits = load_splits(decathlon)
+    splits = load_splits(decathlon, allow_outside_paths=True)
     assert splits["test"] == [] and _ids(splits["unlabelled"]) == ["case004"] and len(splits["train"]) == 4
 
 

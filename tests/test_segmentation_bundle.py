@@ -132,7 +132,9 @@ def test_training_learns_and_saves_the_best_model_as_a_flat_state_dict(trained):
     network = load_network(str(tmp / "models" / "model.pt"))  # rebuilt from its card, weights loaded strictly
     assert set(state) == set(network.state_dict())  # flat: no {"model": ...} wrapper
     settings = read_card(str(tmp / "models" / "model.pt"))["settings"]
-    assert settings == {"class_names": read_class_names(None), "image_size": 64}
+    assert settings["class_names"] == read_class_names(None) and settings["image_size"] == 64
+    labelled = workflow.parser.get_parsed_content("splits")
+    assert settings["labels_seen"] == [p["label"] for p in labelled["train"] + labelled["val"]]
     network.load_state_dict(state)
 
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")

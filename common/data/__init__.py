@@ -9,7 +9,7 @@ from common.data.labels import foreground_class_sets, foreground_classes, observ
 from common.data.pairs import find_pairs, load_splits, read_class_names, read_datalist, resolve_dataset
 from common.data.phantom import PHANTOM_CLASSES, phantom_dataset, render_phantom
 from common.data.transforms import chain_transforms, pair_transforms
-from common.data.validation import DataValidationError, validate_pairs
+from common.data.validation import DataValidationError, validate_dataset, validate_pairs
 
 __all__ = [
     "PHANTOM_CLASSES",
@@ -26,5 +26,6 @@ __all__ = [
     "read_datalist",
     "render_phantom",
     "resolve_dataset",
+    "validate_dataset",
     "validate_pairs",
 ]

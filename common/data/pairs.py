@@ -72,8 +72,11 @@ def read_class_names(dataset_dir: str | os.PathLike | None) -> list[str]:
     for source in sources:
         if not source.is_file():
             continue
-        content = json.loads(source.read_text())
-        names = content.get("labels") if source.name != "classes.json" else content
+        try:
+            content = json.loads(source.read_text())
+        except ValueError as error:
+            raise ValueError(f"{source} is not valid JSON: {error}") from error
+        names = content.get("labels") if source.name != "classes.json" and isinstance(content, dict) else content
         if not isinstance(names, dict):
             continue
         indexed = {int(key): str(name) for key, name in names.items() if str(key).isdigit()}
@@ -126,10 +129,12 @@ def _read_ids(path: Path) -> list[str]:
     return [image_file_stem(line) for line in lines if line]
 
 
-def read_datalist(path: str | os.PathLike) -> dict[str, list[dict]]:
+def read_datalist(path: str | os.PathLike, allow_outside_paths: bool = False) -> dict[str, list[dict]]:
     """The ``training`` / ``validation`` / ``test`` lists of a Decathlon datalist, read with MONAI's
     ``load_decathlon_datalist`` (paths made absolute against the JSON's folder, plain test strings as
-    ``{"image": ...}``) and reduced to ``image`` and ``label``. Missing keys give empty lists."""
+    ``{"image": ...}``) and reduced to ``image`` and ``label``. Missing keys give empty lists. A path that leaves the
+    datalist's folder (``../``, absolute) is an error unless ``allow_outside_paths``: a datalist should not reach files
+    its author did not ship with it."""
     path = Path(path).resolve()
     content = json.loads(path.read_text())
     if not isinstance(content, dict) or not any(key in content for key in ("training", "validation", "test")):
@@ -143,7 +148,17 @@ def read_datalist(path: str | os.PathLike) -> dict[str, list[dict]]:
         if bad:
             raise ValueError(f"{path}: every '{key}' entry needs an 'image' path, got {bad[0]!r}")
         lists[key] = [{k: os.path.normpath(str(e[k])) for k in ("image", "label") if e.get(k)} for e in entries]
+    outside = [f for entries in lists.values() for e in entries for f in e.values() if not _inside(f, path.parent)]
+    if outside and not allow_outside_paths:
+        raise ValueError(
+            f"{path}: {len(outside)} path(s) leave the datalist's folder, e.g. {outside[:3]}; move the files next to "
+            "it or opt in with allow_outside_paths=True (--allow_outside_paths True)"
+        )
     return lists
+
+
+def _inside(path: str, folder: Path) -> bool:
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
 
 
 def seeded_subset(items: Sequence, count: int, seed: int, stream: int) -> tuple[list, list]:
@@ -173,6 +188,13 @@ def _folder_splits(folder: Path, test_fraction: float, test_seed: int) -> tuple[
     both = sorted(set(train_ids) & set(test_ids))
     if both:
         raise ValueError(f"{folder}: id(s) in both split_train.txt and split_test.txt: {both[:10]}")
+    for split_file, ids in ((test_file, test_ids), (train_file, train_ids)):
+        maskless = sorted(set(ids) & set(unlabelled))
+        if maskless and split_file.is_file():
+            raise FileNotFoundError(
+                f"{split_file}: {len(maskless)} listed id(s) have no mask in {folder}: {maskless[:10]} "
+                "(a listed pair needs its mask; unlabelled images are those in no split file)"
+            )
     unlisted = sorted(set(labelled) - set(train_ids) - set(test_ids))
     if unlisted:
         logger.warning("%s: %d pair(s) in neither split file are ignored, e.g. %s", folder, len(unlisted), unlisted[:5])
@@ -181,8 +203,10 @@ def _folder_splits(folder: Path, test_fraction: float, test_seed: int) -> tuple[
     return train, [], test, [unlabelled[i] for i in sorted(unlabelled)]
 
 
-def _datalist_splits(path: Path, test_fraction: float, test_seed: int) -> tuple[list, list, list, list]:
-    lists = read_datalist(path)
+def _datalist_splits(
+    path: Path, test_fraction: float, test_seed: int, allow_outside_paths: bool
+) -> tuple[list, list, list, list]:
+    lists = read_datalist(path, allow_outside_paths)
     labelled = {key: [e for e in entries if "label" in e] for key, entries in lists.items()}
     unlabelled = [e for entries in lists.values() for e in entries if "label" not in e]
     train, val, test = labelled["training"], labelled["validation"], labelled["test"]
@@ -199,6 +223,7 @@ def load_splits(
     *,
     test_fraction: float = 0.2,
     test_seed: int = 0,
+    allow_outside_paths: bool = False,
 ) -> dict[str, list[dict]]:
     """``{"train", "val", "test", "unlabelled"}`` lists of ``{"image", "label"}`` dicts (absolute paths; unlabelled
     entries have only ``"image"``). Same arguments -> same lists.
@@ -211,6 +236,8 @@ def load_splits(
     - val: a datalist's ``"validation"`` list when present, else ``round(val_fraction * n)`` pairs (at least one
       when ``val_fraction > 0``) taken, seeded, from the labelled training pairs.
     """
+    if num_labelled is not None and (isinstance(num_labelled, bool) or not isinstance(num_labelled, (int, np.integer))):
+        raise ValueError(f"num_labelled must be a whole number of pairs (or None for all), got {num_labelled!r}")
     if num_labelled is not None and num_labelled < 1:
         raise ValueError(f"num_labelled must be at least 1 (or None for all), got {num_labelled}")
     if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0:
@@ -218,7 +245,7 @@ def load_splits(
     dataset = resolve_dataset(dataset_dir)
     datalist = _datalist_path(dataset)
     if datalist is not None:
-        train, val, test, unlabelled = _datalist_splits(datalist, test_fraction, test_seed)
+        train, val, test, unlabelled = _datalist_splits(datalist, test_fraction, test_seed, allow_outside_paths)
     else:
         train, val, test, unlabelled = _folder_splits(Path(dataset), test_fraction, test_seed)
     if num_labelled is not None:

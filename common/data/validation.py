@@ -1,6 +1,9 @@
 """Check a whole data set before training and report every bad file at once.
 
 Files are read with the same readers training uses (:mod:`common.data.readers`), so what passes here loads there.
+:func:`validate_pairs` checks a list of pairs; :func:`validate_dataset` checks a data set as a run will use it (class
+names, split files or datalist, the labelled subset and validation pairs the run asks for, and every file of the
+training, validation, test and unlabelled splits), so a bad file or setting stops the run before its first stage.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from common.data.pairs import load_splits, read_class_names, resolve_dataset
 from common.data.readers import load_image
 from common.data.transforms import normalise_class_map
 
-__all__ = ["DataValidationError", "validate_pairs"]
+__all__ = ["DataValidationError", "validate_dataset", "validate_pairs"]
 
 GREY_OR_COLOUR = {1: None, 3: "RGB", 4: "RGBA"}  # accepted image channel counts and the PIL mode a 4-channel needs
 
@@ -146,3 +150,40 @@ def validate_pairs(
             problems.append((str(label_path), value_problem))
     if problems:
         raise DataValidationError(problems)
+
+
+def validate_dataset(
+    dataset_dir: str | os.PathLike | None,
+    num_labelled: int | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+    class_map: Mapping | None = None,
+    allow_outside_paths: bool = False,
+) -> dict[str, list[dict]]:
+    """Check the data set ``dataset_dir`` as a run with these settings will use it and return its splits, or raise
+    one :class:`DataValidationError` naming every problem: the class names (``classes.json``), the splits (split files,
+    datalist, a labelled subset or validation carve-out the data set cannot give) and every file of every split."""
+    dataset = resolve_dataset(dataset_dir)
+    problems: list[tuple[str, str]] = []
+    try:
+        num_classes = len(read_class_names(dataset))
+    except (OSError, ValueError) as error:
+        problems.append((dataset, str(error)))
+        num_classes = 256  # the files are still checked, against the widest class range
+    options = {"allow_outside_paths": allow_outside_paths}
+    try:
+        splits = load_splits(dataset, seed=seed, num_labelled=num_labelled, val_fraction=val_fraction, **options)
+    except (OSError, ValueError) as error:
+        problems.append((dataset, str(error)))
+        try:
+            splits = load_splits(dataset, **options)  # the files of every split are still checked
+        except (OSError, ValueError):
+            raise DataValidationError(problems) from error
+    entries = [entry for name in ("train", "val", "test", "unlabelled") for entry in splits[name]]
+    try:
+        validate_pairs(entries, num_classes, class_map=class_map)
+    except DataValidationError as error:
+        problems.extend(error.problems)
+    if problems:
+        raise DataValidationError(problems)
+    return splits

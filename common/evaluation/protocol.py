@@ -19,7 +19,7 @@ from typing import Any
 
 from common.bundles import find_methods, method_bundle
 from common.checkpoints import load_network
-from common.data import load_splits, read_class_names, resolve_dataset
+from common.data import load_splits, read_class_names, resolve_dataset, validate_dataset, validate_pairs
 from common.files import atomic_files, write_json
 from common.stages import profile_files, run_workflow
 
@@ -126,6 +126,7 @@ def evaluate(
     sweep_samples: int = 20,
     generator_knobs: Mapping[str, Any] | None = None,
     test_data: str | None = None,
+    allow_outside_paths: bool = False,
     out: str | None = None,
 ) -> dict[str, Any]:
     """Run the protocol and return the results (also written to ``out``).
@@ -152,16 +153,17 @@ def evaluate(
         sweep_samples: pairs per job and value of the sweep.
         generator_knobs: config ids for the sweep's generation runs.
         test_data: score on this data set's test split instead (cross-domain); it must have the same classes.
+        allow_outside_paths: accept datalists whose paths leave their folder.
         out: folder for results, controls, sweep sets and runs; default
             ``outputs/evaluate/<data set>_n<labelled>_s<seed>``.
     """
     out = out or default_out(data, labelled, seed)
-    sets = EvaluationData.load(data, labelled, seed, val_fraction, test_data)
+    sets = EvaluationData.load(data, labelled, seed, val_fraction, test_data, allow_outside_paths)
     chosen_schemes = parse_schemes(schemes) if schemes else {}
     generators = _generators(generator, chosen_schemes, sweep)
     datalists = [synthetic_datalist(s) for s in ([synthetic] if isinstance(synthetic, str) else synthetic)]
     for datalist in datalists:
-        check_provenance(datalist, sets.labelled, sets.own_test, sets.real_masks)
+        check_synthetic_set(datalist, sets)
     os.makedirs(out, exist_ok=True)
     options = {"controls": controls, "synthetic_only": synthetic_only, "knobs": knobs, "scheme_knobs": scheme_knobs}
     arms = build_arms(sets, datalists, chosen_schemes, generators, out, image_size, seed, **options)
@@ -238,12 +240,20 @@ class EvaluationData:
 
     @classmethod
     def load(
-        cls, data: str | None, labelled: int | None, seed: int, val_fraction: float, test_data: str | None
+        cls,
+        data: str | None,
+        labelled: int | None,
+        seed: int,
+        val_fraction: float,
+        test_data: str | None,
+        allow_outside_paths: bool = False,
     ) -> EvaluationData:
+        """The data of an evaluation, every file of it (and of the other data set's) checked before training."""
         data = resolve_dataset(data)
         test_source = resolve_dataset(test_data) if test_data is not None else data
-        splits = load_splits(data, seed=seed, num_labelled=labelled, val_fraction=val_fraction)
-        test = load_splits(test_source)["test"] if test_data is not None else splits["test"]
+        options = {"allow_outside_paths": allow_outside_paths}
+        splits = validate_dataset(data, labelled, seed, val_fraction, **options)
+        test = validate_dataset(test_source, **options)["test"] if test_data is not None else splits["test"]
         if not test:
             raise ValueError(f"{test_source} has no test split to score on")
         class_names = read_class_names(data)
@@ -258,8 +268,20 @@ class EvaluationData:
             splits["test"],
             class_names,
             splits["train"] + splits["val"] + splits["unlabelled"],
-            [p["label"] for p in load_splits(data)["train"]],
+            [p["label"] for p in load_splits(data, **options)["train"]],
         )
+
+
+def check_synthetic_set(datalist: str, sets: EvaluationData) -> None:
+    """Before training: the set's provenance (:func:`check_provenance`), its files (read as training reads them) and
+    its size (an empty set is an error; FID / KID need two pairs and are reported n/a below that)."""
+    check_provenance(datalist, sets.labelled, sets.own_test, sets.real_masks)
+    pairs = load_synthetic_pairs(datalist)
+    if not pairs:
+        raise ValueError(f"{datalist} holds no pair: there is nothing to add to the real pairs")
+    validate_pairs(pairs, len(sets.class_names))
+    if len(pairs) < 2:
+        logger.warning(f"{datalist}: {len(pairs)} pair: FID and KID need two, they are reported n/a")
 
 
 def build_arms(

@@ -2,14 +2,19 @@
 
 A synthetic set may only be built from the labelled subset the evaluation trains on: a pair whose own files or whose
 sources (``source_image`` / ``source_label``) are test-split files, or whose masks are real masks outside the
-labelled subset, would let the judged segmenter see what it is scored on or more labels than the other arms.
+labelled subset, would let the judged segmenter see what it is scored on or more labels than the other arms; so would
+a set whose generator (or filter segmenter) was trained on masks outside the subset, which the generation run records
+in its datalist (``config["generator_labels"]``, from the checkpoints' cards).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LeakageError", "check_provenance", "load_synthetic_pairs", "synthetic_datalist", "synthetic_method"]
 
@@ -65,6 +70,16 @@ def check_provenance(
             problems.append(f"{entry['image']}: its mask {source_label} is not in the labelled subset")
         if source_image is not None and os.path.realpath(source_image) in test_files:
             problems.append(f"{entry['image']}: its source image {source_image} is in the test split")
+    with open(datalist_path) as f:
+        trained_on = json.load(f).get("config", {}).get("generator_labels")
+    if trained_on is None:
+        logger.warning(f"{datalist_path} does not record the masks its generator was trained on; it cannot be checked")
+    outside_subset = sorted(p for p in trained_on or [] if os.path.realpath(p) not in allowed_labels)
+    if outside_subset:
+        problems.append(
+            f"its generator or filter was trained on {len(outside_subset)} mask(s) outside the labelled subset, e.g. "
+            f"{outside_subset[:3]}: train it on the evaluation's subset (the same --labelled and --seed)"
+        )
     if problems:
         raise LeakageError(
             f"{datalist_path}: {len(problems)} problem(s): the synthetic set leaks data outside the labelled "

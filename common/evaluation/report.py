@@ -108,8 +108,8 @@ def _quality_row(name: str, quality: Mapping) -> dict:
     synthetic_only = quality.get("synthetic_only_dice")
     return {
         "set": name,
-        "FID": quality["fid"],
-        "KID": f"{quality['kid']:.4f}" if not math.isnan(quality["kid"]) else "n/a",
+        "FID": quality["fid"] if not math.isnan(quality["fid"]) else f"n/a ({quality['num_synthetic']} pairs)",
+        "KID": f"{quality['kid']:.4f}" if not math.isnan(quality["kid"]) else f"n/a ({quality['num_synthetic']} pairs)",
         "Real-Only Dice": SeedSummary(**quality["real_only_dice"]["class_mean"]),
         "Synthetic-Only Dice": SeedSummary(**synthetic_only["class_mean"]) if synthetic_only else "",
         "exact class set": f"{agreement['exact']:.2f}" if agreement else "",
