@@ -251,14 +251,14 @@ class EvaluationData:
         """The data of an evaluation, every file of it (and of the other data set's) checked before training."""
         data = resolve_dataset(data)
         test_source = resolve_dataset(test_data) if test_data is not None else data
+        class_names = read_class_names(data)
+        if test_data is not None and read_class_names(test_source) != class_names:
+            raise ValueError(f"{test_source} has other classes than {data}: a cross-domain test needs the same classes")
         options = {"allow_outside_paths": allow_outside_paths}
         splits = validate_dataset(data, labelled, seed, val_fraction, **options)
         test = validate_dataset(test_source, **options)["test"] if test_data is not None else splits["test"]
         if not test:
             raise ValueError(f"{test_source} has no test split to score on")
-        class_names = read_class_names(data)
-        if read_class_names(test_source) != class_names:
-            raise ValueError(f"{test_source} has other classes than {data}: a cross-domain test needs the same classes")
         return cls(
             data,
             test_source,
