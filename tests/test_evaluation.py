@@ -317,3 +317,17 @@ def test_diversity_is_the_ms_ssim_of_images_from_the_same_source(tmp_path):
     assert sample_diversity(same) == pytest.approx(1.0, abs=1e-4)
     assert sample_diversity(different) < 0.2
     assert np.isnan(sample_diversity(same[:1]))
+
+
+def test_a_command_line_list_of_synthetic_sets_is_read_with_or_without_quotes():
+    from common.evaluation.protocol import _paths
+
+    assert (
+        _paths("[/a/synthetic,/b/synthetic]")
+        == _paths("['/a/synthetic', '/b/synthetic']")
+        == [
+            "/a/synthetic",
+            "/b/synthetic",
+        ]
+    )
+    assert _paths("/a/synthetic") == ["/a/synthetic"] and _paths(("/a",)) == ["/a"]

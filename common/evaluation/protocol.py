@@ -49,6 +49,14 @@ def parse_schemes(schemes: str | Sequence[str]) -> dict[str, list[str]]:
     return chosen
 
 
+def _paths(value: str | Sequence[str]) -> list[str]:
+    """A list of paths from a list, or from a command line's ``a``, ``a,b`` or ``[a,b]`` (fire leaves an unquoted
+    list of paths a string)."""
+    if not isinstance(value, str):
+        return [str(v) for v in value]
+    return [p.strip().strip("'\"") for p in value.strip().strip("[]").split(",") if p.strip().strip("'\"")]
+
+
 def _run_dir(out: str, arm: str, seed: int) -> str:
     slug = "".join(c if c.isalnum() or c in "-." else "_" for c in arm).strip("_")
     return os.path.join(out, "runs", slug, f"seed{seed}")
@@ -161,7 +169,7 @@ def evaluate(
     sets = EvaluationData.load(data, labelled, seed, val_fraction, test_data, allow_outside_paths)
     chosen_schemes = parse_schemes(schemes) if schemes else {}
     generators = _generators(generator, chosen_schemes, sweep)
-    datalists = [synthetic_datalist(s) for s in ([synthetic] if isinstance(synthetic, str) else synthetic)]
+    datalists = [synthetic_datalist(s) for s in _paths(synthetic)]
     for datalist in datalists:
         check_synthetic_set(datalist, sets)
     os.makedirs(out, exist_ok=True)
