@@ -33,10 +33,10 @@ from common.evaluation.report import to_markdown
 
 
 @functools.wraps(run_protocol)
-def evaluate(**options) -> dict:
-    """Run the protocol (:func:`common.evaluation.evaluate`, whose arguments are the options), print the tables and
-    return the results."""
-    results = run_protocol(**options)
+def evaluate(*args, **options) -> dict:
+    """Run the protocol (:func:`common.evaluation.evaluate`, whose arguments these are), print the tables and return
+    the results."""
+    results = run_protocol(*args, **options)
     print(to_markdown(results))
     return results
 
