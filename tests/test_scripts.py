@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from common.evaluation import LeakageError
 from scripts.augment import augment
 from scripts.evaluate import evaluate
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_AUGPAINT = {"autoencoder_iterations": 4, "diffusion_iterations": 4, "val_interval": 2}
 TINY_SEGMENTER = {"max_iterations": 4, "val_interval": 2, "num_workers": 0}
 TINY_GAUDA = {
@@ -135,3 +139,14 @@ def test_cross_domain_evaluation_trains_on_one_domain_and_scores_on_the_other(tm
         (other / "masks").symlink_to(os.path.join(source, "masks"))
         (other / "classes.json").write_text(json.dumps({"0": "background", "1": "something"}))
         evaluate(data=source, test_data=str(other), out=str(tmp_path / "bad"), **options)
+
+
+@pytest.mark.engine
+def test_evaluate_runs_from_the_command_line(tmp_path):
+    data = phantom_dataset(root=str(tmp_path / "data"), num_images=20)
+    command = [sys.executable, "-m", "scripts.evaluate", "--data", data, "--labelled", "4", "--seeds", "1"]
+    command += ["--iterations", "2", "--knobs", json.dumps(TINY_ARMS), "--out", str(tmp_path / "ev")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| real + classic aug |" in result.stdout and (tmp_path / "ev" / "dice_per_class.png").is_file()
