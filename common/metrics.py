@@ -119,8 +119,15 @@ def paired_difference(
     if n == 1:
         return PairedDifference(mean, math.nan, math.nan, math.nan, n, confidence)
     std = float(difference.std(ddof=1))
-    half_width = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
+    half_width = t_half_width(std, n, confidence)
     return PairedDifference(mean, std, mean - half_width, mean + half_width, n, confidence)
+
+
+def t_half_width(std: float, n: int, confidence: float = 0.95) -> float:
+    """Half width ``t_{(1 + confidence) / 2, n - 1} * std / sqrt(n)`` of the Student-t interval of a mean of ``n``."""
+    if n < 2 or math.isnan(std):
+        return math.nan
+    return float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
 
 
 class SeedSummary(NamedTuple):

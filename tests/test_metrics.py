@@ -20,6 +20,7 @@ from common.metrics import (
     paired_difference,
     per_class_scores,
     summarise_seeds,
+    t_half_width,
 )
 
 
@@ -77,6 +78,13 @@ def test_paired_difference_interval():
     assert single.n == 1 and single.mean == pytest.approx(0.2) and math.isnan(single.low)
     with pytest.raises(ValueError, match="same length"):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_t_half_width_matches_tables():
+    # t_{0.975,3} = 3.182446 and t_{0.95,9} = 1.833113 from the printed tables
+    assert t_half_width(1.0, 4) == pytest.approx(3.182446 / 2.0, abs=1e-6)
+    assert t_half_width(0.3, 10, confidence=0.90) == pytest.approx(1.833113 * 0.3 / math.sqrt(10), abs=1e-6)
+    assert math.isnan(t_half_width(1.0, 1)) and math.isnan(t_half_width(math.nan, 5))
 
 
 def test_summarise_seeds_uses_sample_std():

@@ -14,10 +14,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 from common.files import atomic_files
-from common.metrics import SeedSummary, markdown_table, paired_difference, summarise_seeds
+from common.metrics import SeedSummary, markdown_table, paired_difference, summarise_seeds, t_half_width
 
 __all__ = ["METRICS", "class_mean", "score_summary", "summarise", "to_markdown", "write_class_figure"]
 
@@ -171,10 +170,9 @@ def write_class_figure(results: Mapping, path: str, metric: str = "dice") -> str
         for arm in arms:
             summary = results["arms"][arm][metric]
             cell = summary["class_mean"] if class_name == "class mean" else summary["per_class"][class_name]
-            n, std = cell["n"], cell["std"]
-            half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 and not math.isnan(std) else 0.0
+            half = t_half_width(cell["std"], cell["n"])
             means.append(cell["mean"])
-            errors.append(half)
+            errors.append(0.0 if math.isnan(half) else half)
         positions = np.arange(len(arms)) + (index - (len(class_names) - 1) / 2) * width
         axes.bar(positions, means, width, yerr=errors, capsize=2, label=class_name)
     axes.set_xticks(np.arange(len(arms)), arms, rotation=30, ha="right", fontsize=8)
