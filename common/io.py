@@ -41,6 +41,8 @@ __all__ = [
     "SyntheticDatasetWriter",
     "check_output_dir",
     "class_palette",
+    "comparison_sheet",
+    "contact_sheet",
     "write_contact_sheet",
 ]
 
@@ -412,24 +414,18 @@ class SyntheticDatasetWriter:
             _save_nifti(array.astype(np.uint8), path)
 
 
-def write_contact_sheet(
-    pairs: Sequence[tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]],
-    path: str,
-    num_classes: int,
-    columns: int = 8,
-) -> str:
-    """One RGB PNG grid of pairs, each shown as the image alone and the image with its coloured mask overlaid.
+def contact_sheet(
+    pairs: Sequence[tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]], num_classes: int, columns: int = 8
+) -> np.ndarray:
+    """An RGB grid (H, W, 3) uint8 of pairs, each shown as the image alone and the image with its coloured mask.
 
     Args:
         pairs: ``(image, label)`` with images ``(1, H, W)``/``(H, W)`` in [0, 1] and class-index labels, all one size.
-        path: the PNG to write (atomically).
         num_classes: number of classes; each foreground class gets its colour of :func:`class_palette`.
         columns: pairs per row.
     """
     if not pairs:
         raise ValueError("no pairs to show in a contact sheet")
-    if columns < 1:
-        raise ValueError(f"columns must be >= 1, got {columns}")
     # MONAI's blend_images over the class colours: class c at c / (K - 1) of a K-colour map, background transparent
     colours = ListedColormap(class_palette(num_classes).astype(np.float32) / 255.0)
     size = _image_array(pairs[0][0], "pair 0").shape
@@ -440,11 +436,57 @@ def write_contact_sheet(
             raise ValueError(f"pair {index}: image {grey.shape} and label {classes.shape} differ from pair 0's {size}")
         if classes.max() >= num_classes:
             raise ValueError(f"pair {index}: label value {classes.max()} is not below num_classes={num_classes}")
-        rgb = np.repeat(grey[..., None] * 255.0, 3, axis=-1)
         label = classes[None] / max(num_classes - 1, 1)
         blended = blend_images(grey[None], label, alpha=0.5, cmap=colours, rescale_arrays=False)
-        overlay = 255.0 * np.moveaxis(np.asarray(blended), 0, -1)
-        cells.append(np.concatenate([rgb, np.full((grey.shape[0], 1, 3), 255.0), overlay], axis=1))
+        cells.append(_side_by_side(_rgb(grey), 255.0 * np.moveaxis(np.asarray(blended), 0, -1)))
+    return _tile(cells, columns)
+
+
+def comparison_sheet(
+    first: Sequence[torch.Tensor | np.ndarray], second: Sequence[torch.Tensor | np.ndarray], columns: int = 8
+) -> np.ndarray:
+    """An RGB grid (H, W, 3) uint8 of grey images in [0, 1] shown side by side, e.g. inputs and reconstructions."""
+    if len(first) != len(second) or not first:
+        raise ValueError(f"need as many images on each side, at least one; got {len(first)} and {len(second)}")
+    cells = []
+    for index, (left, right) in enumerate(zip(first, second, strict=True)):
+        left, right = _image_array(left, f"image {index}"), _image_array(right, f"image {index}")
+        if left.shape != right.shape:
+            raise ValueError(f"image {index}: {left.shape} beside {right.shape}; both sides must have one size")
+        cells.append(_side_by_side(_rgb(left), _rgb(right)))
+    return _tile(cells, columns)
+
+
+def write_contact_sheet(
+    pairs: Sequence[tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]],
+    path: str,
+    num_classes: int,
+    columns: int = 8,
+) -> str:
+    """Write :func:`contact_sheet` of ``pairs`` to the PNG ``path`` (atomically); returns ``path``."""
+    sheet = contact_sheet(pairs, num_classes, columns)
+    with atomic_files(path) as (temp,):
+        Image.fromarray(sheet).save(temp, format="PNG")
+    return path
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+
+def _rgb(grey: np.ndarray) -> np.ndarray:
+    """A grey image in [0, 1] (H, W) as RGB (H, W, 3) in [0, 255]."""
+    return np.repeat(grey[..., None] * 255.0, 3, axis=-1)
+
+
+def _side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Two RGB cells with a one-pixel white line between them."""
+    return np.concatenate([left, np.full((left.shape[0], 1, 3), 255.0), right], axis=1)
+
+
+def _tile(cells: Sequence[np.ndarray], columns: int) -> np.ndarray:
+    """Equal-sized RGB cells in rows of ``columns`` on a dark grey ground, as uint8."""
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
     gap = 2
     height, width = cells[0].shape[:2]
     rows = math.ceil(len(cells) / columns)
@@ -453,12 +495,7 @@ def write_contact_sheet(
     for index, cell in enumerate(cells):
         top, left = gap + (index // columns) * (height + gap), gap + (index % columns) * (width + gap)
         sheet[top : top + height, left : left + width] = cell
-    with atomic_files(path) as (temp,):
-        Image.fromarray(np.round(sheet).clip(0, 255).astype(np.uint8)).save(temp, format="PNG")
-    return path
-
-
-# --- helpers -------------------------------------------------------------------------------------------------------
+    return np.round(sheet).clip(0, 255).astype(np.uint8)
 
 
 def _as_numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import fire
 from monai.bundle import ConfigParser
 
-from common.bundles import find_bundles, method_bundle
+from common.bundles import find_bundles, find_methods, method_bundle
 from common.data import validate_dataset
 from common.io import check_output_dir
 from common.stages import profile_files, run_stages, run_workflow
+from scripts.cli import run_command_line
 
 logger = logging.getLogger("scripts.augment")
 
@@ -59,7 +59,7 @@ def train_filter_segmenter(models: str, shared: dict[str, Any], knobs: dict[str,
             "bundle_root": str(segmentation.root),
             "ckpt_dir": models,
             "ckpt_name": os.path.basename(checkpoint),
-            "output_dir": os.path.join(models, "segmenter_logs"),
+            "output_dir": os.path.join(models, "logs", "segmenter"),
             **knobs,
         },
     }
@@ -85,7 +85,7 @@ def augment(
     """Train ``method`` on ``data`` and write its synthetic pairs; returns the datalist path.
 
     Args:
-        method: a method bundle (``augpaint``, ``gauda``, ...).
+        method: the method, one of: {methods} (the bundles with ``configs/evaluate.json``).
         data: a data set folder or datalist JSON; default the embedded phantoms.
         labelled: use only a seeded subset of this many labelled training pairs (the same subset as scripts.evaluate).
         seed: seeds the split, the training and the sampling.
@@ -140,6 +140,8 @@ def augment(
     return datalist_path
 
 
+augment.__doc__ = augment.__doc__.replace("{methods}", ", ".join(sorted(find_methods())))
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    fire.Fire(augment)
+    run_command_line(augment)

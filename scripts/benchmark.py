@@ -24,7 +24,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import fire
 import torch
 from monai.bundle import ConfigParser
 
@@ -34,6 +33,7 @@ from common.evaluation.arms import scheme_arms
 from common.evaluation.runs import train_segmenter
 from common.generation import GenerationRun
 from common.stages import add_bundle_to_path, run_workflow
+from scripts.cli import run_command_line
 
 PAPER_OVERHEADS = {"gauda": (22.6, 15.3)}  # Frisch et al.: GAUDA vs baseline training hours
 
@@ -141,7 +141,20 @@ def benchmark(
 ) -> list[dict]:
     """Measure ``method``'s generator at each setting of its bundle's ``benchmark`` list (``knobs`` apply to all;
     ``settings`` picks some by name) and, with ``iterations > 0``, the training time of its ``benchmark_schemes``;
-    prints and returns the rows."""
+    prints and returns the rows.
+
+    Args:
+        method: a method bundle (``augpaint``, ``gauda``, ...).
+        generator: the trained models folder to time (e.g. ``outputs/gauda/phantoms_nall_s0/models``); default a
+            generator trained with the bundle's ``smoke_knobs`` in a temporary folder (speed does not need weights).
+        batch_size: pairs generated per timed call.
+        repeats: timed calls per setting (the rate is over all of them).
+        iterations: > 0 also times the training of the bundle's ``benchmark_schemes`` for this many iterations.
+        val_interval: validation interval of those scheme runs.
+        knobs: generator config ids applied to every setting, e.g. ``"{'num_inference_steps': 20}"``.
+        scheme_knobs: config ids of the scheme runs (network sizes, ensemble size, ...).
+        settings: the names of the declared settings to time (default all), e.g. ``"['DDIM 50']"``.
+    """
     bundle = method_bundle(method)
     declared = bundle.evaluation.get("benchmark", [{"name": "default", "knobs": {}}])
     chosen = [entry for entry in declared if settings is None or entry["name"] in settings]
@@ -160,4 +173,4 @@ def benchmark(
 
 
 if __name__ == "__main__":
-    fire.Fire(benchmark, serialize=lambda rows: None)
+    run_command_line(benchmark, serialize=lambda rows: None)

@@ -26,10 +26,9 @@ from __future__ import annotations
 import functools
 import logging
 
-import fire
-
 from common.evaluation import evaluate as run_protocol
 from common.evaluation.report import to_markdown
+from scripts.cli import run_command_line
 
 
 @functools.wraps(run_protocol)
@@ -43,4 +42,4 @@ def evaluate(*args, **options) -> dict:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    fire.Fire(evaluate, serialize=lambda results: None)
+    run_command_line(evaluate, serialize=lambda results: None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_networks import TINY_DIFFUSION_KNOBS
 
 from common.bundles import Bundle, find_methods
 from common.stages import run_workflow
@@ -24,16 +25,9 @@ TINY_SCHEMES = {
 }
 
 
-TINY_NETWORKS = {  # the quick profile's shapes, narrower, so that a 1000-step DDPM chain takes seconds
-    "network_def#channels": [8, 8, 8],
-    "network_def#num_head_channels": [0, 8, 8],
-    "network_def#norm_num_groups": 8,
-}
-
-
 def tiny_trained(bundle: Bundle, folder) -> str:
     """The bundle trained with its smoke knobs and narrow diffusion networks: real checkpoints with cards."""
-    knobs = {**bundle.evaluation["smoke_knobs"]["train"], **TINY_NETWORKS}
+    knobs = {**bundle.evaluation["smoke_knobs"]["train"], **TINY_DIFFUSION_KNOBS}
     models = str(folder / "models")
     run_workflow(bundle.config("train"), bundle_root=str(bundle.root), ckpt_dir=models, knobs=knobs)
     return models

@@ -16,6 +16,7 @@ from PIL import Image
 from common.data import load_splits, phantom_dataset
 from common.evaluation import LeakageError
 from scripts.augment import augment
+from scripts.cli import run_command_line
 from scripts.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,3 +151,36 @@ def test_evaluate_runs_from_the_command_line(tmp_path):
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| real + classic aug |" in result.stdout and (tmp_path / "ev" / "dice_per_class.png").is_file()
+
+
+def test_help_shows_help_and_runs_nothing(capsys):
+    called = []
+
+    def job(method: str, **knobs) -> None:
+        """Run ``method``.
+
+        Args:
+            method: the method to run.
+        """
+        called.append((method, knobs))
+
+    for argv in (["--help"], ["augpaint", "--help"], ["augpaint", "--num_samples", "2", "-h"]):
+        with pytest.raises(SystemExit) as stop:
+            run_command_line(job, argv)
+        assert stop.value.code == 0 and not called
+        shown = capsys.readouterr()
+        assert "the method to run" in shown.out + shown.err
+    run_command_line(job, ["augpaint", "--num_samples", "2"])
+    assert called == [("augpaint", {"num_samples": 2})]
+
+
+@pytest.mark.parametrize("script", ["augment", "evaluate", "benchmark", "export_bundle"])
+def test_every_script_answers_help_from_the_command_line(script, tmp_path):
+    command = [sys.executable, "-m", f"scripts.{script}", "--help"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PAGER": "cat"}
+    result = subprocess.run(command, cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown = result.stdout + result.stderr
+    assert "SYNOPSIS" in shown and not os.listdir(tmp_path)  # help, and nothing written
+    if script == "augment":
+        assert "one of: augpaint, gauda" in shown  # the methods, found from the bundles

@@ -14,6 +14,11 @@ from common.checkpoints import save_card
 
 VQVAE = "monai.networks.nets.VQVAE"
 UNET = "monai.networks.nets.DiffusionModelUNet"
+TINY_DIFFUSION_KNOBS = {  # a bundle's quick shapes, narrower, so that a 1000-step DDPM chain takes seconds
+    "network_def#channels": [8, 8, 8],
+    "network_def#num_head_channels": [0, 8, 8],
+    "network_def#norm_num_groups": 8,
+}
 NOISE_SCHEDULE = {
     "num_train_timesteps": 1000,
     "schedule": "scaled_linear_beta",

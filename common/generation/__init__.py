@@ -11,7 +11,7 @@ from .jobs import (
     jobs_from_pairs,
     pair_name,
 )
-from .run import GenerationRun, PairFilter, PairGenerator
+from .run import GenerationRun, PairFilter, PairGenerator, load_job_batch
 
 __all__ = [
     "GenerationJob",
@@ -23,5 +23,6 @@ __all__ = [
     "jobs_from_label_maps",
     "jobs_from_noise",
     "jobs_from_pairs",
+    "load_job_batch",
     "pair_name",
 ]

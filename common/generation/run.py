@@ -28,7 +28,7 @@ from common.io import SyntheticDatasetWriter
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["GenerationRun", "PairFilter", "PairGenerator"]
+__all__ = ["GenerationRun", "PairFilter", "PairGenerator", "load_job_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,20 +139,34 @@ class GenerationRun:
 
     def job_batch(self, jobs: Sequence[GenerationJob]) -> JobBatch:
         """The generator's input for ``jobs``: seeds, loaded sources (on the device) and conditions."""
-        batch = JobBatch(seeds=[job.seed for job in jobs])
-        if any(job.condition is not None for job in jobs):
-            batch.conditions = [list(job.condition or ()) for job in jobs]
-        sources = [job.source for job in jobs]
-        if all(source is None for source in sources):
-            return batch
-        if any(source is None for source in sources) or len({tuple(sorted(s)) for s in sources}) > 1:
-            raise ValueError("the jobs of a batch must all have sources with the same keys, or none")
-        keys = tuple(sorted(sources[0]))  # type: ignore[arg-type]
-        if keys not in self._loaders:
-            self._loaders[keys] = pair_transforms(self.image_size, keys=keys, class_map=self.class_map)
-        loaded = [self._loaders[keys](dict(source)) for source in sources]  # type: ignore[arg-type]
-        for key, attribute in (("image", "images"), ("label", "labels")):
-            if key in keys:
-                stacked = torch.stack([convert_to_tensor(item[key], track_meta=False) for item in loaded])
-                setattr(batch, attribute, stacked.to(self.device) if key == "image" else stacked.long().to(self.device))
+        return load_job_batch(jobs, self.image_size, self.device, self.class_map, self._loaders)
+
+
+def load_job_batch(
+    jobs: Sequence[GenerationJob],
+    image_size: int | Sequence[int],
+    device: str | torch.device = "cpu",
+    class_map: Mapping | None = None,
+    loaders: dict[tuple[str, ...], Callable] | None = None,
+) -> JobBatch:
+    """A generator's input for ``jobs``: their seeds, conditions and sources loaded with :func:`pair_transforms` at
+    ``image_size`` onto ``device`` (``loaders`` caches the transforms by source keys across calls)."""
+    batch = JobBatch(seeds=[job.seed for job in jobs])
+    if any(job.condition is not None for job in jobs):
+        batch.conditions = [list(job.condition or ()) for job in jobs]
+    sources = [job.source for job in jobs]
+    if all(source is None for source in sources):
         return batch
+    if any(source is None for source in sources) or len({tuple(sorted(s)) for s in sources}) > 1:
+        raise ValueError("the jobs of a batch must all have sources with the same keys, or none")
+    keys = tuple(sorted(sources[0]))  # type: ignore[arg-type]
+    loaders = {} if loaders is None else loaders
+    if keys not in loaders:
+        loaders[keys] = pair_transforms(image_size, keys=keys, class_map=class_map)
+    loaded = [loaders[keys](dict(source)) for source in sources]  # type: ignore[arg-type]
+    device = torch.device(device)
+    for key, attribute in (("image", "images"), ("label", "labels")):
+        if key in keys:
+            stacked = torch.stack([convert_to_tensor(item[key], track_meta=False) for item in loaded])
+            setattr(batch, attribute, stacked.to(device) if key == "image" else stacked.long().to(device))
+    return batch

@@ -41,6 +41,7 @@ from torch import nn
 
 from common.data import foreground_class_sets
 from common.generation import JobBatch, PairGenerator
+from common.io import contact_sheet
 from common.segmentation import class_metric_names
 from common.uncertainty import PooledClasswiseUncertainty, ensemble_predict, mc_dropout_predict
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["GAUDAHandler", "CLASS_SET_MODES", "top_k_uncertain_classes"]
 
 CLASS_SET_MODES = ("observed", "single", "together")
+POOL_PICTURE_SIZE = 16  # pairs of the synthetic pool drawn to TensorBoard after each synthesis
 
 
 def top_k_uncertain_classes(uncertainty: torch.Tensor, k: int) -> list[int]:
@@ -87,7 +89,8 @@ class GAUDAHandler:
         class_set_mode: "observed", "single" or "together" (module docstring).
         num_passes: MC-dropout passes when ``network`` is not an ensemble.
         interval: refresh every ``interval`` training epochs (the segmentation bundle validates every epoch).
-        summary_writer: TensorBoard writer for ``UE_c``, the chosen classes, replacement counts and synthesis time.
+        summary_writer: TensorBoard writer for ``UE_c``, the chosen classes, replacement counts, synthesis time and a
+            picture of each new synthetic pool (``gauda/synthetic_pool``).
         class_names: names for the TensorBoard tags (index -> name); default ``class_<i>``.
         seed: seeds the replacement draws and the generator (refresh r asks seeds ``seed + r * num_synthetic + j``).
         image_key, label_key: batch keys.
@@ -253,6 +256,9 @@ class GAUDAHandler:
         self.logger.info(f"GAUDA: synthesised {self.num_synthetic} pairs in {self.synthesis_seconds:.1f} s")
         if self.summary_writer is not None:
             self.summary_writer.add_scalar("gauda/synthesis_seconds", self.synthesis_seconds, step)
+            shown = list(zip(self.pool_images[:POOL_PICTURE_SIZE], self.pool_labels[:POOL_PICTURE_SIZE], strict=True))
+            sheet = contact_sheet(shown, self.num_classes)
+            self.summary_writer.add_image("gauda/synthetic_pool", sheet, step, dataformats="HWC")
 
     # ---- training side ---------------------------------------------------------------------------------------------
     def replace_samples(self, engine: Engine) -> None:
