@@ -1,7 +1,8 @@
 """Helpers of the downstream segmentation bundle (``bundles/segmentation``) for what its JSON cannot express.
 
 The bundle trains the segmenter every augmentation method is judged by; these functions name its per-class metrics,
-list the images to segment at inference, and write predicted class-index maps as PNG files at the input's size.
+list the images to segment at inference, and write predicted class-index maps as PNG files at the input's size (or
+hand them to MONAI Label, which writes them itself).
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from common.data import load_splits, read_datalist
 from common.data.readers import image_file_stem, is_image_file
 from common.files import atomic_files
 
-__all__ = ["SaveMaskd", "class_metric_names", "image_entries", "inference_datalist"]
+__all__ = [
+    "MonaiLabelClassMapd",
+    "SaveMaskd",
+    "at_input_size",
+    "class_metric_names",
+    "image_entries",
+    "inference_datalist",
+]
 
 
 def class_metric_names(prefix: str, class_names: Sequence[str]) -> list[str]:
@@ -69,6 +77,42 @@ def image_entries(datalist: str | Sequence[str | Mapping], datalist_key: str = "
     return entries
 
 
+def at_input_size(mask: torch.Tensor, meta: Mapping) -> torch.Tensor:
+    """A class-index map (1, h, w) resized (nearest neighbour) to the size of the file it was predicted from, read
+    from the image's ``spatial_shape`` (rows, columns) metadata; as it is when that is missing."""
+    mask = torch.as_tensor(mask).detach().cpu()
+    if MetaKeys.SPATIAL_SHAPE not in meta:
+        return mask
+    size = [int(s) for s in np.asarray(meta[MetaKeys.SPATIAL_SHAPE]).reshape(-1)[:2]]
+    return torch.as_tensor(Resize(spatial_size=size, mode="nearest-exact")(mask.float()))
+
+
+class MonaiLabelClassMapd(MapTransform):
+    """The predicted class map as MONAI Label writes it (PNG or NIfTI): (1, h, w) class indices become a uint8 array
+    at the input file's size without channel axis, in (columns, rows) order.
+
+    MONAI Label's writer hands a 2D array to ITK transposed (it keeps ITK's x, y order), so a (rows, columns) map
+    would come out transposed, and a channel axis gives a 1-pixel-wide PNG. After the bundle's transforms MONAI Label
+    also resizes ``pred`` to the image's ``spatial_shape`` (its ``Restored``); that shape is set to the map's, so the
+    map passes unchanged. Nothing is written to disk here: MONAI Label writes the result where it keeps its labels.
+    """
+
+    def __init__(self, keys: KeysCollection, image_key: str = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, np.ndarray]:
+        d = dict(data)
+        meta = getattr(d[self.image_key], "meta", {})
+        for key in self.key_iterator(d):
+            values = at_input_size(d[key], meta)[0].round().numpy()
+            if values.min() < 0 or values.max() > 255:
+                raise ValueError(f"class indices {values.min()}..{values.max()} do not fit uint8")
+            d[key] = np.ascontiguousarray(values.astype(np.uint8).T)
+            meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(d[key].shape)
+        return d
+
+
 class SaveMaskd(MapTransform):
     """Write a predicted class-index map (1, H, W) as an 8-bit PNG ``<output_dir>/<image stem>.png`` whose pixel
     value is the class index.
@@ -100,11 +144,7 @@ class SaveMaskd(MapTransform):
         if not source:
             raise ValueError(f"'{self.image_key}' carries no file name in its metadata; cannot name the mask")
         for key in self.key_iterator(d):
-            mask = torch.as_tensor(d[key]).detach().cpu()
-            if self.original_size and MetaKeys.SPATIAL_SHAPE in meta:
-                size = [int(s) for s in np.asarray(meta[MetaKeys.SPATIAL_SHAPE]).reshape(-1)[:2]]
-                mask = Resize(spatial_size=size, mode="nearest-exact")(mask.float())
-            self.write(torch.as_tensor(mask), source)
+            self.write(at_input_size(d[key], meta) if self.original_size else torch.as_tensor(d[key]).cpu(), source)
         return d
 
     def write(self, mask: torch.Tensor, source: str) -> str:

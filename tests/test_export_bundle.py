@@ -4,9 +4,7 @@ infers from its folder with nothing of this project installed (``tests/standalon
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -14,34 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from exported_bundles import STANDALONE, cli_overrides, download_bundle, named_class_data, run_checked
 from monai.bundle import ConfigParser
 from PIL import Image
 from tiny_networks import TINY_DIFFUSION_KNOBS
 
 from common.bundles import find_bundles
 from common.checkpoints import read_card
-from common.data import phantom_dataset
 from common.stages import run_workflow
 from scripts import export_bundle
 from scripts.export_bundle import bundle_members, check_member_name, trained_metadata, write_zip
 
 REPO = Path(__file__).resolve().parents[1]
-STANDALONE = str(REPO / "tests" / "standalone_bundle.py")
 TINY_SEGMENTER = {"channels": [8, 16, 32, 64], "num_workers": 0, "max_iterations": 20, "val_interval": 10}
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
-
-
-def _run(command: list[str], cwd: str | Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def _cli(overrides: dict) -> list[str]:
-    return [item for key, value in overrides.items() for item in (f"--{key}", json.dumps(value))]
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../evil.py", "seg/../../evil.py", "C:/evil.py", "\\evil.py"])
@@ -110,7 +93,7 @@ def test_a_version_without_changelog_entry_is_refused(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.zip"))
 
 
-def test_trained_metadata_follows_the_classes_and_size_of_the_run():
+def test_trained_metadata_follows_the_classes_and_size_of_therun_checked():
     metadata = json.loads((REPO / "bundles" / "segmentation" / "configs" / "metadata.json").read_text())
     trained = trained_metadata(metadata, {"class_names": ["background", "nerve", "vessel"], "image_size": 128})
     pred, image = trained["network_data_format"]["outputs"]["pred"], trained["network_data_format"]["inputs"]["image"]
@@ -125,33 +108,16 @@ def _version(name: str) -> str:
     return json.loads((REPO / "bundles" / name / "configs" / "metadata.json").read_text())["version"]
 
 
-def _download(zip_path: str, name: str, bundle_dir: Path) -> Path:
-    """``monai.bundle download --url file://...``, as a user gets a zoo bundle; returns the bundle folder."""
-    command = [sys.executable, "-m", "monai.bundle", "download", "--name", name, "--url", f"file://{zip_path}"]
-    _run([*command, "--bundle_dir", str(bundle_dir)], cwd=bundle_dir.parent)
-    return bundle_dir / name
-
-
-def _three_class_data(root: Path) -> Path:
-    """A 32 px phantom set whose masks keep three classes (classes 3 and 4 become background)."""
-    data = Path(phantom_dataset(root, image_size=32, num_images=12, seed=0))
-    for mask in (data / "masks").glob("*.png"):
-        values = np.asarray(Image.open(mask))
-        Image.fromarray(np.where(values > 2, 0, values).astype(np.uint8)).save(mask)
-    (data / "classes.json").write_text(json.dumps({"0": "background", "1": "organ", "2": "vessel"}))
-    return data
-
-
 @pytest.mark.slow
 @pytest.mark.engine
 def test_a_trained_segmenter_exports_with_its_classes_and_passes_monai_checks(tmp_path):
-    data = _three_class_data(tmp_path / "data")
+    data = named_class_data(tmp_path / "data")
     models = tmp_path / "run" / "models"
     segmentation = find_bundles()["segmentation"]
     overrides = {**TINY_SEGMENTER, "dataset_dir": str(data), "image_size": 32, "output_dir": str(tmp_path / "logs")}
     run_workflow(segmentation.config("train"), bundle_root=str(segmentation.root), ckpt_dir=str(models), **overrides)
     zip_path = export_bundle.export_bundle("segmentation", run=str(tmp_path / "run"), out=str(tmp_path / "dist"))
-    folder = _download(zip_path, "segmentation", tmp_path / "zoo")
+    folder = download_bundle(zip_path, "segmentation", tmp_path / "zoo")
     metadata = json.loads((folder / "configs" / "metadata.json").read_text())
     pred = metadata["network_data_format"]["outputs"]["pred"]
     assert pred["channel_def"] == {"0": "background", "1": "organ", "2": "vessel"} and pred["num_channels"] == 3
@@ -161,10 +127,10 @@ def test_a_trained_segmenter_exports_with_its_classes_and_passes_monai_checks(tm
     # MONAI's bundle tools, from the bundle folder: metadata schema (offline), network in/out, TorchScript export
     tools = [sys.executable, STANDALONE]
     schema = str(folder / "common" / "schemas" / "meta_schema.json")
-    _run([*tools, "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", schema], cwd=folder)
+    run_checked([*tools, "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", schema], cwd=folder)
     net_args = ["--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"]
-    _run([*tools, "verify_net_in_out", "--net_id", "network_def", *net_args], cwd=folder)
-    _run(
+    run_checked([*tools, "verify_net_in_out", "--net_id", "network_def", *net_args], cwd=folder)
+    run_checked(
         [
             *tools,
             "ckpt_export",
@@ -198,12 +164,14 @@ def test_a_trained_segmenter_exports_with_its_classes_and_passes_monai_checks(tm
 def test_a_downloaded_bundle_trains_and_infers_from_its_own_folder(name, tmp_path):
     bundle = find_bundles()[name]
     zip_path = export_bundle.export_bundle(name, out=str(tmp_path / "dist"))
-    folder = _download(zip_path, name, tmp_path / "zoo")
+    folder = download_bundle(zip_path, name, tmp_path / "zoo")
     run = [sys.executable, STANDALONE, "run", "--config_file"]
     if bundle.is_method:
         knobs = {**bundle.evaluation["smoke_knobs"]["train"], **TINY_DIFFUSION_KNOBS}
-        _run([*run, "configs/train.json", "--knobs", json.dumps(knobs)], cwd=folder)
-        _run([*run, "configs/inference.json", *_cli(bundle.evaluation["smoke_knobs"]["inference"])], cwd=folder)
+        run_checked([*run, "configs/train.json", "--knobs", json.dumps(knobs)], cwd=folder)
+        run_checked(
+            [*run, "configs/inference.json", *cli_overrides(bundle.evaluation["smoke_knobs"]["inference"])], cwd=folder
+        )
         datalist = json.loads((folder / "eval" / "synthetic" / "datalist.json").read_text())
         entries = datalist["training"]
         assert entries, "no synthetic pair written"
@@ -212,8 +180,8 @@ def test_a_downloaded_bundle_trains_and_infers_from_its_own_folder(name, tmp_pat
             label = np.asarray(Image.open(folder / "eval" / "synthetic" / entry["label"]))
             assert image.size == label.shape[::-1] and label.max() < 5  # the phantom classes
     else:
-        _run([*run, "configs/train.json", *_cli(TINY_SEGMENTER)], cwd=folder)
-        _run([*run, "configs/inference.json"], cwd=folder)
+        run_checked([*run, "configs/train.json", *cli_overrides(TINY_SEGMENTER)], cwd=folder)
+        run_checked([*run, "configs/inference.json"], cwd=folder)
         masks = sorted((folder / "eval" / "masks").glob("*.png"))
         assert len(masks) == 40  # the phantoms' test split
         assert max(int(np.asarray(Image.open(mask)).max()) for mask in masks) < 5

@@ -87,12 +87,16 @@ class RecordingWriter:
     def __init__(self) -> None:
         self.scalars: dict = {}
         self.texts: dict = {}
+        self.images: dict = {}
 
     def add_scalar(self, tag, value, step) -> None:
         self.scalars[tag] = value
 
     def add_text(self, tag, text, step) -> None:
         self.texts[tag] = text
+
+    def add_image(self, tag, image, step, dataformats="CHW") -> None:
+        self.images[tag] = (image, dataformats)
 
 
 def engine_at(epoch: int = 1, max_epochs: int = 5) -> Engine:
@@ -177,6 +181,8 @@ def test_refresh_asks_the_generator_for_the_top_k_classes_in_batches(mode, expec
     assert [seed for _, seeds in calls for seed in seeds] == list(range(100, 105))
     assert handler.pool_images.shape == (5, 1, 8, 8)
     assert set(handler.pool_by_class) == {3, 5}  # class 4 shows up in a condition but was not chosen
+    picture, layout = writer.images["gauda/synthetic_pool"]  # the new pool, pair by pair: image | mask overlay
+    assert layout == "HWC" and picture.shape == (2 + 8 + 2, 5 * (17 + 2) + 2, 3)
     calls.clear()
     handler.refresh(engine_at(epoch=5))  # after the last epoch nothing would use a new pool
     assert not calls

@@ -75,7 +75,7 @@ def test_configs_resolve_the_ids_others_override():
     network = parser.get_parsed_content("network_def")()  # a factory: the card records its definition
     assert network(torch.zeros(2, 1, 64, 64)).shape == (2, num_classes, 64, 64)
     assert parser.get_parsed_content("ckpt_dir") == "bundles/segmentation/models"
-    assert parser.get_parsed_content("output_dir") == "bundles/segmentation/eval"
+    assert parser.get_parsed_content("output_dir") == "bundles/segmentation/models/logs"  # logs stay with the run
     assert parser.get_parsed_content("device") == torch.device("cpu")
     splits = parser.get_parsed_content("splits")
     assert parser.get_parsed_content("train#dataset#data") == splits["train"]
