@@ -5,6 +5,7 @@ without writing into the bundle folder."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -102,9 +103,9 @@ def served_bundle(tmp_path_factory) -> tuple[Path, Path]:
     download_bundle(zip_path, "segmentation", app / "model")
     studies = root / "studies"
     studies.mkdir()
-    test_images = sorted((data / "images").glob("*.png"))[:2]
-    shutil.copy(test_images[0], studies / "square.png")
-    Image.open(test_images[1]).resize((40, 32)).save(studies / "wide.png")  # 40 columns, 32 rows
+    image = sorted((data / "images").glob("*.png"))[0]
+    shutil.copy(image, studies / "square.png")
+    Image.open(image).resize((40, 32)).save(studies / "wide.png")  # the same scene, 40 columns and 32 rows
     return app, studies
 
 
@@ -193,7 +194,7 @@ def test_monailabel_serves_the_exported_bundle(label_venv, served_bundle, tmp_pa
             png, nifti = _request(url, _params({})), _request(url, _params({"result_extension": ".nii.gz"}))
             mask = np.asarray(Image.open(io.BytesIO(png)))
             assert mask.dtype == np.uint8 and mask.ndim == 2
-            volume = np.squeeze(nib.Nifti1Image.from_bytes(nifti).get_fdata())
+            volume = np.squeeze(nib.Nifti1Image.from_bytes(gzip.decompress(nifti)).get_fdata())
             np.testing.assert_array_equal(volume.T, mask)  # NIfTI x, y = the PNG's columns, rows
             masks[image] = mask
     assert masks["wide"].shape == (32, 40) and masks["square"].shape == (32, 32)  # rows, columns of each input
@@ -205,5 +206,5 @@ def test_monailabel_serves_the_exported_bundle(label_venv, served_bundle, tmp_pa
     run_checked([*run, "--input_dir", str(studies), "--output_dir", str(reference)], cwd=bundle)
     for image, mask in masks.items():
         expected = np.asarray(Image.open(reference / f"{image}.png"))
-        agreement = float((mask == expected).mean())
-        assert agreement >= 0.99, f"{image}: {agreement:.3f} of the pixels agree with monai.bundle run"
+        np.testing.assert_array_equal(mask, expected)
+        assert len(np.unique(mask)) > 1  # structures were found: a transposed or misplaced map would show
