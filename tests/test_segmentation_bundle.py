@@ -16,12 +16,13 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.data import MetaTensor
 from monai.transforms import Resize
 from PIL import Image
 
 from common.checkpoints import load_network, read_card
 from common.data import DataValidationError, load_splits, pair_transforms, read_class_names
-from common.segmentation import SaveMaskd, class_metric_names, image_entries
+from common.segmentation import MonaiLabelClassMapd, SaveMaskd, class_metric_names, image_entries
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "segmentation" / "configs"
@@ -289,3 +290,19 @@ def test_multi_gpu_override_runs_on_cpu_with_two_processes(tmp_path):
     assert len(re.findall(r"Metrics -- .*val_mean_dice", output)) == 2
     assert len(os.listdir(tmp_path / "eval")) == 1
     load_network(str(tmp_path / "models" / "model.pt"))  # unwrapped from DDP: no "module." prefix
+
+
+def test_monailabel_class_map_is_uint8_at_the_input_size_in_columns_rows_order():
+    image = MetaTensor(torch.zeros(1, 4, 4), meta={"spatial_shape": np.array([8, 6])})  # the file: 8 rows, 6 columns
+    pred = torch.zeros(1, 4, 4)
+    pred[0, 0, :] = 2  # class 2 on the top row of the network's 4 x 4 map
+    out = MonaiLabelClassMapd(keys="pred")({"image": image, "pred": pred})
+    mask = out["pred"]
+    assert mask.dtype == np.uint8 and mask.shape == (6, 8)  # (columns, rows): MONAI Label's writer transposes it
+    np.testing.assert_array_equal(mask.T[:2], 2)  # the top rows of the 8 x 6 file
+    np.testing.assert_array_equal(mask.T[2:], 0)
+    np.testing.assert_array_equal(image.meta["spatial_shape"], [6, 8])  # MONAI Label's Restored leaves it as it is
+    with pytest.raises(ValueError, match="do not fit uint8"):
+        MonaiLabelClassMapd(keys="pred")(
+            {"image": MetaTensor(torch.zeros(1, 2, 2)), "pred": torch.full((1, 2, 2), 300)}
+        )
