@@ -10,6 +10,7 @@ interval; a difference is a gain (or a loss) only when that interval excludes ze
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -154,8 +155,9 @@ def to_markdown(results: Mapping) -> str:
 
 
 def write_class_figure(results: Mapping, path: str, metric: str = "dice") -> str:
-    """Bars of the per-class and class-mean score of every arm (one group per arm) with 95 % intervals over seeds
-    (``mean +- t * std / sqrt(n)``), written as a PNG to ``path``."""
+    """Horizontal bars of the per-class and class-mean score of every arm (one group per arm, the first arm on top)
+    with 95 % intervals over seeds (``mean +- t * std / sqrt(n)``), written as a PNG to ``path``; the axis ends just
+    past the highest bar, so small differences stay visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,8 +165,9 @@ def write_class_figure(results: Mapping, path: str, metric: str = "dice") -> str
 
     class_names = [*results["class_names"][1:], "class mean"]
     arms = list(results["arms"])
-    width = 0.8 / len(class_names)
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(arms) * max(1, len(class_names) / 2)), 4.5))
+    height = 0.8 / len(class_names)
+    figure, axes = plt.subplots(figsize=(9.0, max(3.0, 0.22 * len(arms) * len(class_names) + 1.2)))
+    highest = 0.0
     for index, class_name in enumerate(class_names):
         means, errors = [], []
         for arm in arms:
@@ -173,12 +176,16 @@ def write_class_figure(results: Mapping, path: str, metric: str = "dice") -> str
             half = t_half_width(cell["std"], cell["n"])
             means.append(cell["mean"])
             errors.append(0.0 if math.isnan(half) else half)
-        positions = np.arange(len(arms)) + (index - (len(class_names) - 1) / 2) * width
-        axes.bar(positions, means, width, yerr=errors, capsize=2, label=class_name)
-    axes.set_xticks(np.arange(len(arms)), arms, rotation=30, ha="right", fontsize=8)
-    axes.set_ylabel(f"test {METRIC_NAMES[metric]} (mean over seeds, 95 % interval)")
-    axes.set_ylim(0, 1)
-    axes.legend(fontsize=8, ncols=min(len(class_names), 4))
+        highest = max([highest, *(m + e for m, e in zip(means, errors, strict=True) if not math.isnan(m))])
+        positions = np.arange(len(arms)) + (index - (len(class_names) - 1) / 2) * height
+        label = class_name.split("(")[0].strip() or class_name  # "nerve (inferred ...)" -> "nerve"
+        axes.barh(positions, means, height, xerr=errors, capsize=2, label=label)
+    axes.set_yticks(np.arange(len(arms)), [textwrap.fill(arm, 48) for arm in arms], fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel(f"test {METRIC_NAMES[metric]} (mean over seeds, 95 % interval)")
+    axes.set_xlim(0, min(1.0, 1.1 * highest + 0.02))
+    axes.grid(axis="x", alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     with atomic_files(path) as (temp,):
         figure.savefig(temp, format="png", dpi=120)
