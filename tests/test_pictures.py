@@ -124,7 +124,7 @@ def test_progress_lines_give_the_rate_and_the_time_left(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="progress-test"):
         engine.run(range(10), max_epochs=1)
     # started at t = 0; the k-th line is read at t = k: 2k iterations in k seconds, 2 it/s
-    lines = [record.getMessage() for record in caplog.records]
+    lines = [record.getMessage() for record in caplog.records if record.name == "progress-test"]
     assert lines[0] == "diffusion: iteration 2/10, 2.00 it/s, 0:04 left"
     assert lines[-1] == "diffusion: iteration 10/10, 2.00 it/s, 0:00 left"
 
