@@ -4,6 +4,7 @@ nothing changed, summaries, the per-class figure, a feature space that needs no 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,28 @@ def test_score_summary_reduces_images_then_classes_then_seeds():
     assert summary["sample_mean"]["mean"] == pytest.approx((1.1 / 3 + 0.5) / 2)
     assert summary["sample_median"]["mean"] == pytest.approx(0.4)
     assert summary["class_mean"]["std"] == pytest.approx(np.std([0.325, 0.5], ddof=1))
+
+
+def test_a_synthetic_image_that_is_a_copy_of_a_test_image_is_refused(tmp_path):
+    """A copied test image is a leak under any name; an empty mask equal to an empty test mask is not."""
+    rng = np.random.default_rng(0)
+    files = {"t.png": rng.random((8, 8)), "a.png": rng.random((8, 8))}
+    for name, values in files.items():
+        Image.fromarray((values * 255).astype(np.uint8)).save(tmp_path / name)
+    empty = np.zeros((8, 8), np.uint8)
+    for name in ("t_mask.png", "a_mask.png"):
+        Image.fromarray(empty).save(tmp_path / name)
+    labelled = [{"image": str(tmp_path / "a.png"), "label": str(tmp_path / "a_mask.png")}]
+    test = [{"image": str(tmp_path / "t.png"), "label": str(tmp_path / "t_mask.png")}]
+    (tmp_path / "synthetic" / "images").mkdir(parents=True)
+    (tmp_path / "synthetic" / "masks").mkdir()
+    for name, image in (("copy", "t.png"), ("new", "a.png")):
+        shutil.copy(tmp_path / image, tmp_path / "synthetic" / "images" / f"{name}.png")
+        Image.fromarray(empty).save(tmp_path / "synthetic" / "masks" / f"{name}.png")  # = the empty test mask
+    path = _datalist(tmp_path, [_entry("copy", None, None), _entry("new", None, None)])
+    with pytest.raises(LeakageError) as error:
+        check_provenance(path, labelled, test)
+    assert "1 problem(s)" in str(error.value) and "copy.png: its image is a byte-for-byte copy" in str(error.value)
 
 
 def test_a_synthetic_pair_whose_own_files_are_held_out_is_refused(tmp_path):

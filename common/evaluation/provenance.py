@@ -14,6 +14,8 @@ import logging
 import os
 from collections.abc import Sequence
 
+from common.files import file_digest
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LeakageError", "check_provenance", "load_synthetic_pairs", "synthetic_datalist", "synthetic_method"]
@@ -51,16 +53,22 @@ def load_synthetic_pairs(datalist_path: str) -> list[dict]:
 def check_provenance(
     datalist_path: str, labelled: Sequence[dict], test: Sequence[dict], real_masks: Sequence[str] = ()
 ) -> None:
-    """Refuse a synthetic set whose pairs use a test-split file (as their own file or as a source) or a real mask
-    outside ``labelled`` (``real_masks``: every real mask of the data set), naming every offending pair."""
+    """Refuse a synthetic set whose pairs use a test-split file (as their own file, a byte-for-byte copy of a test
+    image, or as a source) or a real mask outside ``labelled`` (``real_masks``: every real mask of the data set),
+    naming every offending pair. (Masks are compared by path only: an empty synthetic mask may equal an empty test
+    mask byte for byte without any leak.)"""
     allowed_labels = {os.path.realpath(p["label"]) for p in labelled}
     test_files = {os.path.realpath(p[k]) for p in test for k in ("image", "label") if k in p}
+    test_images = {file_digest(p["image"]): p["image"] for p in test if os.path.isfile(p["image"])}
     outside = {os.path.realpath(m) for m in real_masks} - allowed_labels
     problems = []
     for entry in load_synthetic_pairs(datalist_path):
         own = {k: os.path.realpath(entry[k]) for k in ("image", "label")}
         if own["image"] in test_files or own["label"] in test_files:
             problems.append(f"{entry['image']}: its own files are test-split files")
+        elif os.path.isfile(own["image"]) and file_digest(own["image"]) in test_images:
+            copied = test_images[file_digest(own["image"])]
+            problems.append(f"{entry['image']}: its image is a byte-for-byte copy of the test-split image {copied}")
         if own["label"] in outside:
             problems.append(
                 f"{entry['image']}: its mask is the real mask {entry['label']}, outside the labelled subset"
