@@ -29,6 +29,7 @@ __all__ = [
     "class_metric_names",
     "image_entries",
     "inference_datalist",
+    "uint8_class_map",
 ]
 
 
@@ -87,6 +88,16 @@ def at_input_size(mask: torch.Tensor, meta: Mapping) -> torch.Tensor:
     return torch.as_tensor(Resize(spatial_size=size, mode="nearest-exact")(mask.float()))
 
 
+def uint8_class_map(mask: torch.Tensor, what: str) -> np.ndarray:
+    """A class-index map (1, H, W) as a uint8 array (H, W); ``what`` names it in the error when it is not one."""
+    if mask.ndim != 3 or mask.shape[0] != 1:
+        raise ValueError(f"{what}: expected a (1, H, W) class-index map, got shape {tuple(mask.shape)}")
+    values = torch.as_tensor(mask)[0].round().numpy()
+    if values.min() < 0 or values.max() > 255:
+        raise ValueError(f"{what}: class indices {values.min()}..{values.max()} do not fit uint8")
+    return values.astype(np.uint8)
+
+
 class MonaiLabelClassMapd(MapTransform):
     """The predicted class map as MONAI Label writes it (PNG or NIfTI): (1, h, w) class indices become a uint8 array
     at the input file's size without channel axis, in (columns, rows) order.
@@ -105,10 +116,7 @@ class MonaiLabelClassMapd(MapTransform):
         d = dict(data)
         meta = getattr(d[self.image_key], "meta", {})
         for key in self.key_iterator(d):
-            values = at_input_size(d[key], meta)[0].round().numpy()
-            if values.min() < 0 or values.max() > 255:
-                raise ValueError(f"class indices {values.min()}..{values.max()} do not fit uint8")
-            d[key] = np.ascontiguousarray(values.astype(np.uint8).T)
+            d[key] = np.ascontiguousarray(uint8_class_map(at_input_size(d[key], meta), "pred").T)
             meta[MetaKeys.SPATIAL_SHAPE] = np.asarray(d[key].shape)
         return d
 
@@ -149,16 +157,12 @@ class SaveMaskd(MapTransform):
 
     def write(self, mask: torch.Tensor, source: str) -> str:
         """Write ``mask`` (1, H, W) of class indices for the image file ``source``; returns the PNG path."""
-        if mask.ndim != 3 or mask.shape[0] != 1:
-            raise ValueError(f"{source}: expected a (1, H, W) class-index map, got shape {tuple(mask.shape)}")
-        values = mask[0].round().numpy()
-        if values.min() < 0 or values.max() > 255:
-            raise ValueError(f"{source}: class indices {values.min()}..{values.max()} do not fit an 8-bit PNG")
+        values = uint8_class_map(mask, source)
         name = image_file_stem(source)
         if self._written.get(name, source) != source:
             raise ValueError(f"{source} and {self._written[name]} would both be written to {name}.png")
         self._written[name] = source
         path = os.path.join(self.output_dir, f"{name}.png")
         with atomic_files(path) as (temp,):
-            Image.fromarray(values.astype(np.uint8)).save(temp, format="PNG")
+            Image.fromarray(values).save(temp, format="PNG")
         return path

@@ -140,8 +140,7 @@ def augment(
     return datalist_path
 
 
-augment.__doc__ = augment.__doc__.replace("{methods}", ", ".join(sorted(find_methods())))
-
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    augment.__doc__ = augment.__doc__.replace("{methods}", ", ".join(sorted(find_methods())))  # for --help
     run_command_line(augment)

@@ -20,6 +20,7 @@ member name is refused, as is a bundle version without a changelog entry or meta
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -57,8 +58,9 @@ def check_member_name(name: str) -> str:
     return str(path)
 
 
-def _files(folder: Path, suffixes: tuple[str, ...] | None = None) -> dict[str, bytes]:
-    """Files under ``folder`` (relative POSIX names -> bytes), caches skipped; a link leaving ``folder`` is refused."""
+def _files(folder: Path, prefix: str, suffixes: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """Files under ``folder`` as members ``<prefix>/<relative POSIX name>`` -> bytes, caches skipped; a link leaving
+    ``folder`` is refused."""
     root = folder.resolve()
     found = {}
     for path in sorted(folder.rglob("*")):
@@ -66,15 +68,15 @@ def _files(folder: Path, suffixes: tuple[str, ...] | None = None) -> dict[str, b
             continue
         if not path.resolve().is_relative_to(root):
             raise ValueError(f"refusing {path}: it links outside {folder}")
-        found[path.relative_to(folder).as_posix()] = path.read_bytes()
+        found[f"{prefix}/{path.relative_to(folder).as_posix()}"] = path.read_bytes()
     return found
 
 
-def _config_bytes(path: Path) -> bytes:
+def _config_bytes(name: str, data: bytes) -> bytes:
     """A config file as exported: JSON configs get ``"bundle_root": "."``; other files are copied as they are."""
-    if path.suffix != ".json":
-        return path.read_bytes()
-    config = json.loads(path.read_text())
+    if not name.endswith(".json"):
+        return data
+    config = json.loads(data)
     if "bundle_root" in config:
         config["bundle_root"] = "."
     return (json.dumps(config, indent=4) + "\n").encode()
@@ -92,7 +94,7 @@ def trained_metadata(metadata: Mapping[str, Any], settings: Mapping[str, Any]) -
     """``metadata`` with what the main network was trained on (its card's ``settings``): every ``segmentation``
     tensor gets the class names as channels, and image tensors (segmentation outputs and ``image`` inputs of type
     ``image``) get ``image_size``."""
-    metadata = json.loads(json.dumps(metadata))  # a deep copy
+    metadata = copy.deepcopy(dict(metadata))
     class_names, image_size = settings.get("class_names"), settings.get("image_size")
     formats = metadata["network_data_format"]
     for direction in ("inputs", "outputs"):
@@ -111,15 +113,12 @@ def trained_metadata(metadata: Mapping[str, Any], settings: Mapping[str, Any]) -
 
 def bundle_members(bundle: Bundle, run: str | None = None) -> dict[str, bytes]:
     """Every member of the exported bundle (names relative to its top folder) and its bytes."""
-    members = {
-        f"configs/{name}": _config_bytes(bundle.root / "configs" / name) for name in _files(bundle.root / "configs")
-    }
-    members.update({f"docs/{name}": data for name, data in _files(bundle.root / "docs").items()})
+    members = {name: _config_bytes(name, data) for name, data in _files(bundle.root / "configs", "configs").items()}
+    members.update(_files(bundle.root / "docs", "docs"))
     members["LICENSE"] = (bundle.root / "LICENSE").read_bytes()
     for package in sorted(p for p in bundle.root.iterdir() if (p / "__init__.py").is_file()):
-        members.update({f"{package.name}/{name}": data for name, data in _files(package, (".py",)).items()})
-    common_root = Path(common.__file__).parent
-    members.update({f"common/{name}": data for name, data in _files(common_root, (".py", ".json")).items()})
+        members.update(_files(package, package.name, (".py",)))
+    members.update(_files(Path(common.__file__).parent, "common", (".py", ".json")))
     metadata = json.loads(members["configs/metadata.json"])
     if run is None:
         members["models/README.md"] = UNTRAINED_MODELS.encode()

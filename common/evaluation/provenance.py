@@ -66,8 +66,7 @@ def check_provenance(
         own = {k: os.path.realpath(entry[k]) for k in ("image", "label")}
         if own["image"] in test_files or own["label"] in test_files:
             problems.append(f"{entry['image']}: its own files are test-split files")
-        elif os.path.isfile(own["image"]) and file_digest(own["image"]) in test_images:
-            copied = test_images[file_digest(own["image"])]
+        elif os.path.isfile(own["image"]) and (copied := test_images.get(file_digest(own["image"]))) is not None:
             problems.append(f"{entry['image']}: its image is a byte-for-byte copy of the test-split image {copied}")
         if own["label"] in outside:
             problems.append(

@@ -10,8 +10,11 @@
 Example (a diffusion stage's config)::
 
     {"_target_": "common.handlers.TensorBoardPicture",
-     "picture": "$common.handlers.generator_picture(@preview_generator, @preview_batch, @num_classes)",
-     "networks": ["@diffusion"], "log_dir": "$@output_dir + '/diffusion'", "tag": "samples", "interval": 100}
+     "picture": "$common.handlers.generator_picture(@picture_generator, @picture_batch, @num_classes)",
+     "networks": ["@diffusion_network"], "log_dir": "$@output_dir + '/diffusion'",
+     "tag": "class_conditional_pairs", "interval": "@picture_interval"}
+
+(the unwrapped network, not a DistributedDataParallel wrapper: pictures are drawn on rank 0 alone)
 """
 
 from __future__ import annotations
