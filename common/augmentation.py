@@ -10,13 +10,14 @@ from monai.transforms import (
     Identityd,
     OneOf,
     RandAdjustContrastd,
-    RandFlipd,
     RandGaussianNoised,
     RandRotated,
     RandScaleCropd,
     RandZoomd,
     Resized,
 )
+
+from common.data.laterality import Orientation, RandLateralFlipd
 
 __all__ = ["classic_augmentation", "crop_flip_rotate_augmentation"]
 
@@ -53,10 +54,14 @@ def crop_flip_rotate_augmentation(
     prob: float = 0.2,
     crop_fraction: float = 0.1,
     max_rotation_degrees: float = 45.0,
+    orientation: Orientation | None = None,
 ) -> Compose:
     """GAUDA's classic augmentation (Frisch et al., sec. 4): a random crop removing ``crop_fraction`` of each side's
     length, resized back to ``image_size``; a horizontal (left-right) flip; a rotation up to ``max_rotation_degrees``;
-    each applied with probability ``prob`` to image and label alike (label with nearest-neighbour interpolation)."""
+    each applied with probability ``prob`` to image and label alike (label with nearest-neighbour interpolation).
+
+    The flip follows the data set's ``orientation`` (:func:`common.data.read_orientation`; ``None``: no lateral
+    pairs): it swaps the labels of lateral pairs, and is left out where left-right flips are not valid."""
     modes = ["bilinear"] + ["nearest"] * (len(keys) - 1)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     crop = Compose(
@@ -65,10 +70,7 @@ def crop_flip_rotate_augmentation(
             Resized(keys, spatial_size=size, mode=["area"] + modes[1:]),
         ]
     )
-    return Compose(
-        [
-            OneOf([crop, Identityd(keys)], weights=[prob, 1.0 - prob]),
-            RandFlipd(keys, prob=prob, spatial_axis=1),
-            RandRotated(keys, range_x=math.radians(max_rotation_degrees), prob=prob, mode=modes, padding_mode="zeros"),
-        ]
-    )
+    orientation = orientation or Orientation()
+    flips = [RandLateralFlipd(keys, orientation, keys[1:], prob=prob)] if "left_right" in orientation.flips else []
+    rotate = RandRotated(keys, range_x=math.radians(max_rotation_degrees), prob=prob, mode=modes, padding_mode="zeros")
+    return Compose([OneOf([crop, Identityd(keys)], weights=[prob, 1.0 - prob]), *flips, rotate])

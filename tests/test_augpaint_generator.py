@@ -17,7 +17,7 @@ from monai.networks.schedulers import DDIMScheduler
 from phantom_pairs import load_pair
 from tiny_networks import NOISE_SCHEDULE, tiny_checkpoint, tiny_unet_definition, tiny_vqvae_definition
 
-from common.data.flips import random_flips
+from common.data.laterality import Orientation, seeded_flips
 from common.generation import GenerationRun, JobBatch, jobs_from_pairs
 from common.regions import keep_mask, to_latent_grid
 
@@ -99,7 +99,7 @@ def test_flips_move_the_kept_structures_with_their_masks(pairs, tmp_path):
     masks = set()
     for entry, seed in zip(entries, seeds, strict=True):
         written = load(entry)
-        image, label = random_flips(source["image"][None], source["label"][None], [seed])
+        image, label = seeded_flips(source["image"][None], source["label"][None], [seed], Orientation())
         assert torch.equal(written["label"], label[0])  # the mask is the flipped source mask
         known = known_pixels(label[0])
         assert (written["image"][known] - image[0][known]).abs().max() <= 1 / 255 + 1e-6  # kept at its new place

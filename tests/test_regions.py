@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.data.flips import random_flips
+from common.data.laterality import Orientation, seeded_flips
 from common.regions import boxes_to_mask, class_boxes, keep_mask, shape_mask, to_latent_grid
 
 
@@ -79,9 +79,10 @@ def test_seeded_flips_move_structures_to_mirrored_positions_with_their_masks():
     """AugPaint's flips (sec. 4.4): the whole pair flips, so the labelled structures change place with their masks."""
     label = two_class_label()
     image = torch.rand(1, 1, 8, 8) * 0.1 + label.float()  # image encodes the label: round(image) == label
+    both = Orientation(flips=("up_down", "left_right"))  # declared: both flips valid, no lateral pairs
     outcomes = set()
     for seed in range(16):
-        flipped_image, flipped_label = random_flips(image, label, [seed])
+        flipped_image, flipped_label = seeded_flips(image, label, [seed], both)
         draws = (torch.rand(2, generator=torch.Generator().manual_seed(seed)) < 0.5).tolist()
         dims = [d for d, flip in zip((-2, -1), draws, strict=True) if flip]
         expected = torch.flip(label, dims) if dims else label
@@ -90,5 +91,5 @@ def test_seeded_flips_move_structures_to_mirrored_positions_with_their_masks():
         if dims:  # the class boxes moved: structures appear at new positions
             assert class_boxes(flipped_label) != class_boxes(label)
     assert outcomes == {(), (-2,), (-1,), (-2, -1)}
-    batch, _ = random_flips(image.repeat(3, 1, 1, 1), label.repeat(3, 1, 1, 1), [0, 5, 9])
-    assert torch.equal(batch[1:2], random_flips(image, label, [5])[0])  # a pair's flips depend on its seed only
+    batch, _ = seeded_flips(image.repeat(3, 1, 1, 1), label.repeat(3, 1, 1, 1), [0, 5, 9], both)
+    assert torch.equal(batch[1:2], seeded_flips(image, label, [5], both)[0])  # a pair's flips depend on its seed only

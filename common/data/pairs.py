@@ -25,6 +25,7 @@ from common.data.phantom import phantom_dataset
 from common.data.readers import image_file_stem, is_image_file
 
 __all__ = [
+    "class_declaration",
     "find_pairs",
     "load_splits",
     "read_class_names",
@@ -35,7 +36,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PHANTOM_NAMES = {"phantoms": "source", "phantoms_shifted": "shifted"}
+PHANTOM_NAMES = {  # name -> (domain, layout) of common.data.phantom
+    "phantoms": ("source", "standard"),
+    "phantoms_shifted": ("shifted", "standard"),
+    "phantoms_lateral": ("source", "lateral"),
+}
 IMAGE_DIRS = ("images",)
 MASK_DIRS = ("masks", "labels")
 DATALIST_NAME = "datalist.json"
@@ -45,7 +50,8 @@ def resolve_dataset(dataset_dir: str | os.PathLike | None) -> str:
     """``None`` or ``"phantoms"`` -> the embedded phantom set (generated on first use), ``"phantoms_shifted"`` -> its
     shifted-look twin; anything else must be an existing folder or datalist JSON (returned as an absolute path)."""
     if dataset_dir is None or str(dataset_dir) in PHANTOM_NAMES:
-        return phantom_dataset(domain=PHANTOM_NAMES[str(dataset_dir or "phantoms")])
+        domain, layout = PHANTOM_NAMES[str(dataset_dir or "phantoms")]
+        return phantom_dataset(domain=domain, layout=layout)
     path = Path(dataset_dir).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data set not found: {dataset_dir} (a folder with images/ and masks/, or a datalist)")
@@ -60,9 +66,10 @@ def _datalist_path(dataset: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def read_class_names(dataset_dir: str | os.PathLike | None) -> list[str]:
-    """Class names by index from ``classes.json`` (next to the images or the datalist) or the datalist's ``"labels"``;
-    non-digit keys (e.g. ``"encoding"``) are ignored. ``len()`` is the number of classes, background included."""
+def class_declaration(dataset_dir: str | os.PathLike | None) -> tuple[list[str], dict]:
+    """``(class names by index, the whole declaration)`` from ``classes.json`` (next to the images or the datalist) or
+    the datalist (names under ``"labels"``); non-digit keys of the names (e.g. ``"encoding"``) are not classes, and
+    the declaration's other keys (``lateral_pairs``, ``flips``: :mod:`common.data.laterality`) describe them."""
     dataset = resolve_dataset(dataset_dir)
     folder = Path(dataset) if Path(dataset).is_dir() else Path(dataset).parent
     sources = [folder / "classes.json"]
@@ -82,11 +89,16 @@ def read_class_names(dataset_dir: str | os.PathLike | None) -> list[str]:
         indexed = {int(key): str(name) for key, name in names.items() if str(key).isdigit()}
         if sorted(indexed) != list(range(len(indexed))) or not indexed:
             raise ValueError(f"{source}: class indices must be 0..K-1 with 0 = background, got {sorted(indexed)}")
-        return [indexed[i] for i in range(len(indexed))]
+        return [indexed[i] for i in range(len(indexed))], content
     raise FileNotFoundError(
         f"no class names for {dataset}: write {folder / 'classes.json'} like "
         '{"0": "background", "1": "structure"} (or a "labels" dict in the datalist)'
     )
+
+
+def read_class_names(dataset_dir: str | os.PathLike | None) -> list[str]:
+    """Class names by index (:func:`class_declaration`); ``len()`` is the number of classes, background included."""
+    return class_declaration(dataset_dir)[0]
 
 
 def _subfolder(folder: Path, names: Sequence[str]) -> Path | None:

@@ -12,6 +12,12 @@ index  name        shape (S = image size)                in how many images     
 4      lesion      small blob, inside the organ          10 % exactly (rare)         brightest
 =====  ==========  ====================================  ==========================  =========================
 
+The ``"lateral"`` layout has a lateral class pair in place of the organ, for data whose left and right matter (as
+chest X-rays with right and left lungs): ``right_lobe`` always on the image's left half, ``left_lobe`` on its right
+half (the radiological convention), with the same look, so only their side tells them apart; vessel, nerve and the
+rare lesion (inside a lobe) follow as above, at indices 3, 4, 5. A left-right flip that does not swap the two
+labels teaches contradictory labels on it (:mod:`common.data.laterality`).
+
 The geometry of image ``i`` depends only on ``(seed, i)``, its look on ``(seed, i, domain)``: ``domain="shifted"``
 gives the same masks with another appearance (lower contrast, gamma, blur, multiplicative speckle), i.e. a paired
 second domain; use another ``seed`` for an unpaired one. Everything is drawn with numpy Generators, so the same
@@ -31,11 +37,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["PHANTOM_CLASSES", "PhantomScene", "phantom_dataset", "render_phantom", "write_phantom_dataset"]
+__all__ = [
+    "LATERAL_PHANTOM_CLASSES",
+    "PHANTOM_CLASSES",
+    "PhantomScene",
+    "phantom_dataset",
+    "render_phantom",
+    "write_phantom_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
 PHANTOM_CLASSES = ("background", "organ", "vessel", "nerve", "lesion")
+LATERAL_PHANTOM_CLASSES = ("background", "right_lobe", "left_lobe", "vessel", "nerve", "lesion")
+LAYOUTS = {"standard": PHANTOM_CLASSES, "lateral": LATERAL_PHANTOM_CLASSES}
+LATERAL_LOOK = (0, 1, 1, 2, 3, 4)  # lateral class index -> the standard class whose intensity and texture it has
+LOBE_PRESENCE = 0.9
 PHANTOM_VERSION = 1  # part of the cache folder name: bump when the drawing changes so old caches are not reused
 RARE_CLASS = 4
 RARE_FRACTION = 0.1
@@ -45,7 +62,26 @@ PRESENCE = {1: 0.85, 2: 0.7, 3: 0.5}  # probability that a (non-rare) class appe
 # mean intensity and texture amplitude per class, index = class
 MEANS = (0.36, 0.58, 0.08, 0.82, 0.97)
 TEXTURE = (0.06, 0.05, 0.02, 0.05, 0.02)
-PALETTE = [0, 0, 0, 230, 159, 0, 86, 180, 233, 0, 158, 115, 213, 94, 0]  # Okabe-Ito colours, viewers show classes
+PALETTE = [
+    0,
+    0,
+    0,
+    230,
+    159,
+    0,
+    86,
+    180,
+    233,
+    0,
+    158,
+    115,
+    213,
+    94,
+    0,
+    204,
+    121,
+    167,
+]  # Okabe-Ito: viewers show classes
 
 
 def _frequency_grid(shape: tuple[int, int]) -> np.ndarray:
@@ -75,23 +111,41 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float)
 class PhantomScene:
     """Geometry of one scene: a list of ``(class index, boolean mask)`` in drawing order."""
 
-    def __init__(self, shape: tuple[int, int], rng: np.random.Generator, has_rare: bool):
+    def __init__(self, shape: tuple[int, int], rng: np.random.Generator, has_rare: bool, layout: str = "standard"):
         self.shape = shape
         self.rng = rng
         rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
         self.rows, self.cols = rows + 0.5, cols + 0.5
         self.size = float(min(shape))
         self.layers: list[tuple[int, np.ndarray]] = []
-        organ = self._maybe(1, lambda: self.blob(self._centre(0.3), 0.18, 0.32, 0.7, 1.0, wobble=0.12))
+        offset = 0 if layout == "standard" else 1  # the lateral layout's vessel, nerve and lesion come one index later
+        organ = self._organ() if layout == "standard" else self._lobes()
         if self._present(2):
             vessels = np.zeros(shape, dtype=bool)
             for _ in range(int(rng.integers(1, 4))):
                 vessels |= self.blob(self._centre(0.12), 0.045, 0.08, 0.8, 1.0, wobble=0.05)
-            self.layers.append((2, vessels))
-        self._maybe(3, lambda: self.blob(self._centre(0.2), 0.16, 0.26, 0.18, 0.3, wobble=0.04))
+            self.layers.append((2 + offset, vessels))
+        if self._present(3):
+            self.layers.append((3 + offset, self.blob(self._centre(0.2), 0.16, 0.26, 0.18, 0.3, wobble=0.04)))
         if has_rare:
             centre = self._centre_inside(organ) if organ is not None else self._centre(0.15)
-            self.layers.append((RARE_CLASS, self.blob(centre, 0.04, 0.065, 0.8, 1.0, wobble=0.08, min_radius=2.0)))
+            lesion = self.blob(centre, 0.04, 0.065, 0.8, 1.0, wobble=0.08, min_radius=2.0)
+            self.layers.append((RARE_CLASS + offset, lesion))
+
+    def _organ(self) -> np.ndarray | None:
+        return self._maybe(1, lambda: self.blob(self._centre(0.3), 0.18, 0.32, 0.7, 1.0, wobble=0.12))
+
+    def _lobes(self) -> np.ndarray | None:
+        """``right_lobe`` (1) in the image's left half, ``left_lobe`` (2) in its right half, each present with
+        probability :data:`LOBE_PRESENCE`; their union, or None."""
+        union = np.zeros(self.shape, dtype=bool)
+        for label, columns in ((1, (0.22, 0.34)), (2, (0.66, 0.78))):
+            if self.rng.random() < LOBE_PRESENCE:
+                centre = (self.rng.uniform(0.35, 0.65) * self.shape[0], self.rng.uniform(*columns) * self.shape[1])
+                lobe = self.blob(centre, 0.13, 0.19, 0.6, 0.9, wobble=0.1)
+                self.layers.append((label, lobe))
+                union |= lobe
+        return union if union.any() else None
 
     def _present(self, label: int) -> bool:
         return bool(self.rng.random() < PRESENCE[label])
@@ -134,18 +188,19 @@ class PhantomScene:
 
 
 def render_phantom(
-    shape: tuple[int, int], seed: int, index: int, has_rare: bool, domain: str = "source"
+    shape: tuple[int, int], seed: int, index: int, has_rare: bool, domain: str = "source", layout: str = "standard"
 ) -> tuple[np.ndarray, np.ndarray]:
     """One phantom pair: (image float32 in [0, 1], label uint8 class indices), both of ``shape``."""
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
-    scene = PhantomScene(shape, np.random.default_rng([seed, index, 0]), has_rare)
+    _check(domain, layout)
+    scene = PhantomScene(shape, np.random.default_rng([seed, index, 0]), has_rare, layout)
     label = scene.label_map()
+    look_of = np.asarray(LATERAL_LOOK if layout == "lateral" else range(len(PHANTOM_CLASSES)), dtype=np.uint8)
+    looks = look_of[label]
     look = np.random.default_rng([seed, index, 1 + DOMAINS.index(domain)])
     size = float(min(shape))
     image = MEANS[0] + TEXTURE[0] * smooth_field(look, shape, size / 10) + 0.04 * smooth_field(look, shape, size / 40)
     for label_index in range(1, len(PHANTOM_CLASSES)):
-        inside = label == label_index
+        inside = looks == label_index
         if inside.any():
             sigma = size / (12 if label_index == 1 else 40)  # the organ has a coarse texture, the rest a fine one
             image[inside] = MEANS[label_index] + TEXTURE[label_index] * smooth_field(look, shape, sigma)[inside]
@@ -156,6 +211,13 @@ def render_phantom(
         image = np.clip(0.2 + 0.7 * gaussian_blur(image, 1.0), 0, 1) ** 1.6
         image = image * speckle + 0.02 * look.standard_normal(shape)
     return np.clip(image, 0.0, 1.0).astype(np.float32), label
+
+
+def _check(domain: str, layout: str) -> None:
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
 
 
 def _rare_images(num_images: int, seed: int) -> set[int]:
@@ -179,8 +241,10 @@ def write_phantom_dataset(
     num_images: int = 240,
     seed: int = 0,
     domain: str = "source",
+    layout: str = "standard",
 ) -> None:
     """Write a phantom data set (images/, masks/, classes.json, split_*.txt, datalist.json) into ``out_dir``."""
+    _check(domain, layout)
     shape = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(int(s) for s in image_size)
     if len(shape) != 2 or min(shape) < 8:
         raise ValueError(f"image_size must be an int or (height, width) of at least 8 pixels, got {image_size!r}")
@@ -193,24 +257,27 @@ def write_phantom_dataset(
     ids = [f"{i:0{width}d}" for i in range(num_images)]
     rare = _rare_images(num_images, seed)
     for i, name in enumerate(ids):
-        image, label = render_phantom(shape, seed, i, i in rare, domain)
+        image, label = render_phantom(shape, seed, i, i in rare, domain, layout)
         Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(out / "images" / f"{name}.png")
         mask = Image.fromarray(label, mode="P")
-        mask.putpalette(PALETTE)
+        mask.putpalette(PALETTE[: 3 * len(LAYOUTS[layout])])
         mask.save(out / "masks" / f"{name}.png")
     test = _test_ids(num_images, seed, rare)
     splits = {
         "train": [n for i, n in enumerate(ids) if i not in test],
         "test": [n for i, n in enumerate(ids) if i in test],
     }
-    classes = {str(i): name for i, name in enumerate(PHANTOM_CLASSES)}
+    classes = {str(i): name for i, name in enumerate(LAYOUTS[layout])}
     (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
     for split, names in splits.items():
         (out / f"split_{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    generator = {"version": PHANTOM_VERSION, "seed": seed, "image_size": list(shape), "domain": domain}
+    if layout != "standard":
+        generator["layout"] = layout
     datalist = {
-        "name": f"monai-genaug phantoms ({domain} domain)",
+        "name": f"monai-genaug phantoms ({domain} domain{', ' + layout + ' layout' if layout != 'standard' else ''})",
         "description": "deterministic 2D phantoms generated by common.data.phantom",
-        "generator": {"version": PHANTOM_VERSION, "seed": seed, "image_size": list(shape), "domain": domain},
+        "generator": generator,
         "labels": classes,
         "numTraining": len(splits["train"]),
         "numTest": len(splits["test"]),
@@ -231,23 +298,24 @@ def phantom_dataset(
     num_images: int = 240,
     seed: int = 0,
     domain: str = "source",
+    layout: str = "standard",
 ) -> str:
     """Directory of the phantom data set for these arguments, generated on first use.
 
     Generation happens in a hidden temporary folder next to the target, renamed into place when complete, so
     concurrent or interrupted runs never expose a half-written set (the loser of a race discards its copy).
     """
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    _check(domain, layout)
     shape = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(int(s) for s in image_size)
     base = Path(root).expanduser() if root is not None else default_data_root()
-    target = base / f"phantoms_v{PHANTOM_VERSION}_{domain}_{shape[0]}x{shape[1]}_n{num_images}_seed{seed}"
+    kind = domain if layout == "standard" else f"{layout}_{domain}"
+    target = base / f"phantoms_v{PHANTOM_VERSION}_{kind}_{shape[0]}x{shape[1]}_n{num_images}_seed{seed}"
     if target.is_dir():
         return str(target)
     base.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=base)
     try:
-        write_phantom_dataset(tmp, shape, num_images, seed, domain)
+        write_phantom_dataset(tmp, shape, num_images, seed, domain, layout)
         os.chmod(tmp, 0o755)
         try:
             os.rename(tmp, target)

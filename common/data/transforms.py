@@ -1,7 +1,8 @@
 """The dict transforms that turn an (image, mask) file pair into training tensors.
 
 Load (row-major, see :mod:`common.data.readers`) -> channel first -> intensities to [0, 1] -> grey -> mask values to
-class indices -> resize -> optional flips and light affine (one random draw for image and label) -> float32.
+class indices -> resize -> optional flips (those the data set's orientation allows, :mod:`common.data.laterality`) and
+light affine (one random draw for image and label) -> float32.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from monai.transforms import (
     MapLabelValued,
     MapTransform,
     RandAffined,
-    RandFlipd,
     Resized,
 )
 
+from common.data.laterality import Orientation, flip_transforms
 from common.data.readers import make_loader
 
 __all__ = ["RGB_TO_GREY", "ScaleToUnitd", "ToGreyd", "chain_transforms", "normalise_class_map", "pair_transforms"]
@@ -127,7 +128,7 @@ def pair_transforms(
     *,
     label_keys: Sequence[str] = ("label",),
     intensity: str | Sequence[float] = "dtype",
-    flip_axes: Sequence[int] = (0, 1),
+    orientation: Orientation | None = None,
     rotate_degrees: float = 15.0,
     scale_range: float = 0.1,
     translate_fraction: float = 0.05,
@@ -139,9 +140,12 @@ def pair_transforms(
         image_size: output (H, W) or one int for square; ``None`` keeps each file's size.
         keys: the keys to load; those in ``label_keys`` are class-index maps (nearest resampling), the rest images.
             ``keys=("image",)`` for image-only data, ``keys=("label",)`` for masks only.
-        augment: random flips along ``flip_axes`` (0 = up-down, 1 = left-right) and, with probability 0.5, an affine
-            (rotation up to ``rotate_degrees``, scaling by up to ``scale_range``, shift by up to
+        augment: the random flips ``orientation`` allows (each with probability 0.5; a left-right flip swaps lateral
+            pairs' labels, and is left out for images alone when the data has pairs) and, with probability 0.5, an
+            affine (rotation up to ``rotate_degrees``, scaling by up to ``scale_range``, shift by up to
             ``translate_fraction`` of the size); one random draw per sample applied to image and label alike.
+        orientation: the data set's (:func:`common.data.laterality.read_orientation`); ``None``: left-right flips
+            only, no lateral pairs.
         intensity: see :class:`ScaleToUnitd`.
     """
     keys = list(keys)
@@ -173,7 +177,7 @@ def pair_transforms(
             )
         )
     if augment:
-        xforms += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in flip_axes]
+        xforms += flip_transforms(keys, orientation or Orientation(), label_keys=mask_keys, prob=0.5)
         xforms.append(
             RandAffined(
                 keys,

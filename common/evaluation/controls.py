@@ -7,7 +7,7 @@ DESIGN ("Controls"): a control keeps everything but the model. A method names it
   labelled real image (cut-and-paste). The kept region is rebuilt from the source mask with the run's ``mask_mode``
   and ``box_margin`` (recorded in the synthetic datalist's ``config``), grown to the latent cells it touches for a
   latent method (``latent_factor`` recorded), and flipped as the pair was when the run flipped its pairs (``flip``,
-  from the pair's seed, :mod:`common.data.flips`).
+  from the pair's seed and the orientation the set records, :func:`common.data.laterality.seeded_flips`).
 - ``"extra_real_copies"`` (sampling methods, e.g. GAUDA): as many extra training samples as the synthetic set has
   pairs, drawn from the real labelled pairs, so that with classic augmentation the control differs from the
   synthetic arm only in where the extra samples come from.
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from common.data import pair_transforms
-from common.data.flips import random_flips
+from common.data.laterality import Orientation, seeded_flips
 from common.io import SyntheticDatasetWriter
 from common.regions import keep_mask, to_latent_grid
 
@@ -34,6 +34,7 @@ from .provenance import load_synthetic_pairs
 __all__ = ["BACKGROUNDS", "CONTROLS", "extra_real_copies", "make_control_set", "paste_on_background"]
 
 BACKGROUNDS = ("noise", "real")
+LEGACY_ORIENTATION = {"flips": ["up_down", "left_right"]}  # how sets that do not record their orientation flipped
 
 
 def paste_on_background(
@@ -71,6 +72,7 @@ def make_control_set(
     with open(synthetic_datalist) as f:
         config = json.load(f).get("config", {})
     mode, margin, factor = config.get("mask_mode", "box"), config.get("box_margin", 0), config.get("latent_factor")
+    orientation = Orientation(**config.get("orientation", LEGACY_ORIENTATION))
     load_pair = pair_transforms(image_size, augment=False)
     load_image = pair_transforms(image_size, keys=("image",), augment=False)
     generator = torch.Generator().manual_seed(seed)
@@ -87,7 +89,7 @@ def make_control_set(
         pair = load_pair({"image": entry["source_image"], "label": entry["source_label"]})
         image, label = pair["image"][None], pair["label"][None]
         if config.get("flip"):
-            image, label = random_flips(image, label, [entry["seed"]])
+            image, label = seeded_flips(image, label, [entry["seed"]], orientation)
         keep = keep_mask(label, mode=mode, margin=margin)
         if factor:
             size = keep.shape[-2:]

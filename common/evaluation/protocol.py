@@ -19,13 +19,21 @@ from typing import Any
 
 from common.bundles import find_methods, method_bundle
 from common.checkpoints import load_network
-from common.data import load_splits, read_class_names, resolve_dataset, validate_dataset, validate_pairs
+from common.data import (
+    Orientation,
+    load_splits,
+    read_class_names,
+    read_orientation,
+    resolve_dataset,
+    validate_dataset,
+    validate_pairs,
+)
 from common.files import atomic_files, write_json
 from common.stages import profile_files, run_workflow
 
 from .arms import REAL, Arm, scheme_arms, standard_arms, synthetic_arms, synthetic_set_name
 from .provenance import check_provenance, load_synthetic_pairs, synthetic_datalist, synthetic_method
-from .quality import class_condition_agreement, sample_diversity, synthetic_feature_distances
+from .quality import class_condition_agreement, lateral_side_agreement, sample_diversity, synthetic_feature_distances
 from .report import score_summary, summarise, to_markdown, write_class_figure
 from .runs import run_arm, score_segmenter
 
@@ -63,18 +71,22 @@ def _run_dir(out: str, arm: str, seed: int) -> str:
 
 
 def _generator_quality(
-    networks: Sequence, real: Sequence[dict], pairs: Sequence[dict], class_names: Sequence[str], image_size: int
+    networks: Sequence, sets: EvaluationData, pairs: Sequence[dict], image_size: int
 ) -> dict[str, Any]:
     """FID/KID (first reference network's bottleneck), Real-Only Dice over the reference networks, diversity and,
-    for class-conditional sets, condition agreement."""
+    for class-conditional sets, condition agreement; for data with lateral pairs, their sides against the real
+    labelled masks'."""
+    class_names = sets.class_names
     real_only = [score_segmenter(n, pairs, len(class_names), image_size)["dice"] for n in networks]
     quality = {
-        **synthetic_feature_distances(networks[0], real, pairs, image_size),
+        **synthetic_feature_distances(networks[0], sets.real_images, pairs, image_size),
         "real_only_dice": score_summary(real_only, class_names),
         "diversity": sample_diversity(pairs, image_size),
     }
     if any(p.get("condition") is not None for p in pairs):
         quality["condition_agreement"] = class_condition_agreement(pairs, len(class_names))
+    if sets.orientation.lateral_pairs:
+        quality["laterality"] = lateral_side_agreement(sets.labelled, pairs, sets.orientation)
     return quality
 
 
@@ -241,6 +253,7 @@ class EvaluationData:
     class_names: list[str]
     real_images: list[dict]
     real_masks: list[str]
+    orientation: Orientation
 
     @property
     def labelled(self) -> list[dict]:
@@ -277,6 +290,7 @@ class EvaluationData:
             class_names,
             splits["train"] + splits["val"] + splits["unlabelled"],
             [p["label"] for p in load_splits(data, **options)["train"]],
+            read_orientation(data),
         )
 
 
@@ -331,9 +345,7 @@ def default_out(data: str | None, labelled: int | None, seed: int) -> str:
 def _set_quality(
     datalist: str, arms: Mapping[str, Any], networks: Sequence, sets: EvaluationData, image_size: int
 ) -> dict[str, Any]:
-    quality = _generator_quality(
-        networks, sets.real_images, load_synthetic_pairs(datalist), sets.class_names, image_size
-    )
+    quality = _generator_quality(networks, sets, load_synthetic_pairs(datalist), image_size)
     synthetic_only = arms.get(f"synthetic only: {synthetic_set_name(datalist)}")
     if synthetic_only is not None:
         quality["synthetic_only_dice"] = synthetic_only["dice"]
@@ -359,10 +371,7 @@ def _sweep(
         method, generators[method], knob, values, samples, sets.data, labelled, seed, image_size, out,
         generator_knobs or {},
     )  # fmt: skip
-    quality = {
-        name: _generator_quality(networks, sets.real_images, pairs, sets.class_names, image_size)
-        for name, pairs in made.items()
-    }
+    quality = {name: _generator_quality(networks, sets, pairs, image_size) for name, pairs in made.items()}
     return {"method": method, "knob": knob, "sets": quality}
 
 

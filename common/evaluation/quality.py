@@ -5,6 +5,8 @@
   on the real data"), so nothing is downloaded; the numbers compare sets within one evaluation, not across them.
 - Real-Only: the reference segmenters scored on the synthetic pairs (do the masks match the images?).
 - Condition agreement of class-conditional sets: how often a mask shows exactly the conditioned classes.
+- Laterality, for data with lateral class pairs: how often a synthetic mask has each pair on the sides the real masks
+  have it (left lung on the image's right, say), compared by the mean column of the two classes.
 - Diversity: the mean MS-SSIM between the images made from the same source pair or condition (lower: more diverse).
 """
 
@@ -14,18 +16,20 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from monai.metrics import FIDMetric
 from monai.networks.layers import SkipConnection
 
-from common.data import foreground_classes, pair_transforms
+from common.data import Orientation, foreground_classes, pair_transforms
 from common.metrics import extract_features, kernel_inception_distance, ms_ssim
 from common.networks import DeepEnsemble
 
 __all__ = [
     "class_condition_agreement",
+    "lateral_side_agreement",
     "sample_diversity",
     "synthetic_feature_distances",
     "unet_bottleneck_features",
@@ -125,3 +129,43 @@ def sample_diversity(pairs: Sequence[dict], image_size: int = 64, max_pairs_per_
     if not first:
         return math.nan
     return float(ms_ssim(_load_images(first, image_size), _load_images(second, image_size)).mean())
+
+
+def _side_signs(pairs: Sequence[dict], orientation: Orientation) -> np.ndarray:
+    """(N, P): +1 where a mask's left class of lateral pair p lies right of (a higher mean column than) its right
+    class, -1 where left of it, 0 where the mask does not show both."""
+    load = pair_transforms(None, keys=("label",), augment=False)
+    signs = np.zeros((len(pairs), len(orientation.lateral_pairs)), dtype=int)
+    for row, pair in enumerate(pairs):
+        label = torch.as_tensor(load({"label": pair["label"]})["label"])[0]
+        columns = torch.arange(label.shape[-1], dtype=torch.float64)
+        for col, classes in enumerate(orientation.lateral_pairs):
+            masks = [(label == c).double() for c in classes]
+            if all(m.sum() > 0 for m in masks):
+                left, right = ((m * columns).sum() / m.sum() for m in masks)
+                signs[row, col] = 1 if left > right else -1
+    return signs
+
+
+def lateral_side_agreement(
+    real_pairs: Sequence[dict], synthetic_pairs: Sequence[dict], orientation: Orientation
+) -> dict[str, Any]:
+    """Whether synthetic masks keep the real masks' left and right.
+
+    Each lateral pair's side is the one most real masks showing both classes have; a synthetic mask showing both
+    classes of at least one such pair is checked, and keeps laterality when every pair it shows is on that side.
+    Returns ``fraction`` (of the checked masks; NaN when none is checked), ``checked``, ``kept`` and ``real_sides``
+    (per pair: +1 the left class on the image's right, -1 on its left, 0 never seen together in the real masks).
+    """
+    real_sides = np.sign(_side_signs(real_pairs, orientation).sum(axis=0)) if real_pairs else np.zeros(0, dtype=int)
+    synthetic = _side_signs(synthetic_pairs, orientation)
+    known = real_sides != 0
+    shown = (synthetic != 0) & known
+    checked = shown.any(axis=1)
+    kept = checked & ((synthetic == real_sides) | ~shown).all(axis=1)
+    return {
+        "fraction": float(kept.sum() / checked.sum()) if checked.any() else math.nan,
+        "checked": int(checked.sum()),
+        "kept": int(kept.sum()),
+        "real_sides": real_sides.astype(int).tolist(),
+    }

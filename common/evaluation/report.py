@@ -103,8 +103,19 @@ def _score_row(name: str, arm: Mapping, metric: str, class_names: Sequence[str])
     return row
 
 
+def _sides_cell(laterality: Mapping | None) -> str | None:
+    """``0.95 (19/20)``: the synthetic masks keeping the real masks' left and right, of those showing a pair; None
+    for data without lateral pairs."""
+    if not laterality:
+        return None
+    if not laterality["checked"]:
+        return "n/a (no mask shows a pair)"
+    return f"{laterality['fraction']:.2f} ({laterality['kept']}/{laterality['checked']})"
+
+
 def _quality_row(name: str, quality: Mapping) -> dict:
     agreement = quality.get("condition_agreement")
+    laterality = quality.get("laterality")
     synthetic_only = quality.get("synthetic_only_dice")
     return {
         "set": name,
@@ -113,9 +124,15 @@ def _quality_row(name: str, quality: Mapping) -> dict:
         "Real-Only Dice": SeedSummary(**quality["real_only_dice"]["class_mean"]),
         "Synthetic-Only Dice": SeedSummary(**synthetic_only["class_mean"]) if synthetic_only else "",
         "exact class set": f"{agreement['exact']:.2f}" if agreement else "",
+        "sides kept": _sides_cell(laterality),
         "MS-SSIM within source": quality.get("diversity"),
         "pairs": quality["num_synthetic"],
     }
+
+
+def _shown(columns: Sequence[str], rows: Sequence[Mapping]) -> list[str]:
+    """``columns`` without "sides kept" when no row has it (data without lateral pairs)."""
+    return [c for c in columns if c != "sides kept" or any(row.get(c) is not None for row in rows)]
 
 
 def to_markdown(results: Mapping) -> str:
@@ -140,17 +157,18 @@ def to_markdown(results: Mapping) -> str:
         "Real-Only Dice",
         "Synthetic-Only Dice",
         "exact class set",
+        "sides kept",
         "MS-SSIM within source",
         "pairs",
     ]
     if results.get("generator_quality"):
         rows = [_quality_row(name, q) for name, q in results["generator_quality"].items()]
         text += "\nGenerator quality (FID/KID in the reference segmenter's bottleneck features)\n\n"
-        text += markdown_table(rows, quality_columns)
+        text += markdown_table(rows, _shown(quality_columns, rows))
     if results.get("sweep"):
         rows = [_quality_row(f"{value}", q) for value, q in results["sweep"]["sets"].items()]
         text += f"\nSweep of {results['sweep']['knob']} ({results['sweep']['method']})\n\n"
-        text += markdown_table(rows, quality_columns)
+        text += markdown_table(rows, _shown(quality_columns, rows))
     return text
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from common import augmentation
 from common.checkpoints import load_network
-from common.data import chain_transforms, pair_transforms
+from common.data import chain_transforms, pair_transforms, read_orientation
 from common.files import file_digest, json_ready, read_json, record_matches, write_json
 from common.metrics import per_class_scores
 from common.stages import run_workflow
@@ -78,7 +78,10 @@ def train_segmenter(
     }
     if arm.classic:
         overrides["train#preprocessing"] = chain_transforms(
-            [pair_transforms(image_size, augment=True), augmentation.classic_augmentation()]
+            [
+                pair_transforms(image_size, augment=True, orientation=read_orientation(dataset_dir)),
+                augmentation.classic_augmentation(),
+            ]
         )
     run_workflow(arm.config_files, **overrides)
     return load_network(os.path.join(run_dir, "model.pt"), image_size=image_size)

@@ -6,6 +6,6 @@
   the keep masks it is trained with.
 
 What AugPaint shares with other methods lives in ``common``: keep masks in :mod:`common.regions`, seeded pair flips in
-:mod:`common.data.flips`, the loop and its known-region hook in :mod:`common.sampling`, latents in
+:mod:`common.data.laterality`, the loop and its known-region hook in :mod:`common.sampling`, latents in
 :mod:`common.latents`, the confidence filter in :mod:`common.filtering`, the run in :mod:`common.generation`.
 """

@@ -1,14 +1,14 @@
 """AugPaint's pair generator: keep the labelled region of a real pair in latent space and sample the rest.
 
 For each job (a labelled pair and a seed): optionally flip the pair (the paper's sec. 4.4: the structures move to
-mirrored positions, :mod:`common.data.flips`), take its keep mask (the class boxes or the labelled pixels,
-:func:`common.regions.keep_mask`), encode the image, and run the shared denoising loop with the known-region hook
-(:class:`common.sampling.KnownRegionMerge`): at every step the known latent cells are re-noised to the step's level
-and merged with the sample (Algorithm 1 of the paper). The DDIM steps take ``eta``: the paper's Algorithm 1 adds the
-noise term ``tau_t z`` at every step, read here as DDIM's ``sigma_t`` with ``eta = 1`` (the DDPM posterior variance on
-the respaced chain); ``eta = 0`` is deterministic DDIM. The decoded image and the source mask (flipped alike) are the
-new pair. The conditional variant also feeds the network the masked image latent and the keep mask
-(:func:`augpaint.conditioning.masked_image_condition`).
+mirrored positions; only the flips the data set's orientation allows, :func:`common.data.laterality.seeded_flips`),
+take its keep mask (the class boxes or the labelled pixels, :func:`common.regions.keep_mask`), encode the image, and
+run the shared denoising loop with the known-region hook (:class:`common.sampling.KnownRegionMerge`): at every step
+the known latent cells are re-noised to the step's level and merged with the sample (Algorithm 1 of the paper). The
+DDIM steps take ``eta``: the paper's Algorithm 1 adds the noise term ``tau_t z`` at every step, read here as DDIM's
+``sigma_t`` with ``eta = 1`` (the DDPM posterior variance on the respaced chain); ``eta = 0`` is deterministic DDIM.
+The decoded image and the source mask (flipped alike) are the new pair. The conditional variant also feeds the
+network the masked image latent and the keep mask (:func:`augpaint.conditioning.masked_image_condition`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 
 from augpaint.conditioning import masked_image_condition
-from common.data.flips import random_flips
+from common.data.laterality import Orientation, seeded_flips
 from common.generation import JobBatch
 from common.regions import MASK_MODES, keep_mask, to_latent_grid
 from common.sampling import DenoisingLoop, KnownRegionMerge, UNetDenoiser
@@ -38,7 +38,9 @@ class LatentInpainter:
         scale_factor: latent scale of training: the LDM works on ``scale_factor * z``.
         mask_mode: "box" (bounding box of every labelled class) or "shape" (the labelled pixels).
         box_margin: pixels added around each box ("box") or dilation of the labelled pixels ("shape").
-        flip: flip each pair left-right and/or up-down at random before inpainting (the paper's sec. 4.4).
+        flip: flip each pair left-right and/or up-down at random before inpainting (the paper's sec. 4.4), as far as
+            ``orientation`` allows (a left-right flip swaps the labels of lateral pairs).
+        orientation: the data set's (:func:`common.data.read_orientation`); ``None``: left-right flips only.
         conditional: feed the concat condition ``cat(scaled latent of image * keep, latent keep mask)``.
         progress: tqdm bar over the steps.
     """
@@ -55,6 +57,7 @@ class LatentInpainter:
         box_margin: int = 0,
         flip: bool = False,
         conditional: bool = False,
+        orientation: Orientation | None = None,
         progress: bool = False,
     ) -> None:
         if mask_mode not in MASK_MODES:
@@ -71,6 +74,7 @@ class LatentInpainter:
         self.mask_mode = mask_mode
         self.box_margin = box_margin
         self.flip = flip
+        self.orientation = orientation or Orientation()
         self.conditional = conditional
 
     @torch.no_grad()
@@ -80,7 +84,7 @@ class LatentInpainter:
             raise ValueError("AugPaint makes pairs from labelled pairs: the jobs need source images and labels")
         images, labels = batch.images, batch.labels
         if self.flip:
-            images, labels = random_flips(images, labels, batch.seeds)
+            images, labels = seeded_flips(images, labels, batch.seeds, self.orientation)
         keep = keep_mask(labels, self.mask_mode, self.box_margin)
         known = self.scale_factor * self.autoencoder.encode_stage_2_inputs(images)
         condition = (

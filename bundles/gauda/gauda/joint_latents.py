@@ -22,7 +22,7 @@ from monai.transforms import AsDiscreted, Compose
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from common.data import chain_transforms, foreground_class_sets, pair_transforms
+from common.data import Orientation, chain_transforms, foreground_class_sets, pair_transforms
 from common.latents import encode_dataset
 
 __all__ = [
@@ -35,13 +35,18 @@ __all__ = [
 
 
 def one_hot_pair_transforms(
-    image_size: int | Sequence[int], num_classes: int, augment: bool = False, class_map: Mapping | None = None
+    image_size: int | Sequence[int],
+    num_classes: int,
+    augment: bool = False,
+    class_map: Mapping | None = None,
+    orientation: Orientation | None = None,
 ) -> Compose:
     """:func:`common.data.pair_transforms` with the label as a one-hot float mask (K, H, W), the mask autoencoder's
-    input; ``augment`` moves image and mask alike."""
+    input; ``augment`` moves image and mask alike, with the flips ``orientation`` allows (lateral pairs swapped before
+    the one-hot encoding)."""
     return chain_transforms(
         [
-            pair_transforms(image_size, augment=augment, class_map=class_map),
+            pair_transforms(image_size, augment=augment, class_map=class_map, orientation=orientation),
             AsDiscreted(keys="label", to_onehot=num_classes),
         ]
     )
