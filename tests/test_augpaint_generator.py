@@ -17,7 +17,9 @@ from monai.networks.schedulers import DDIMScheduler
 from phantom_pairs import load_pair
 from tiny_networks import NOISE_SCHEDULE, tiny_checkpoint, tiny_unet_definition, tiny_vqvae_definition
 
+from common.data import load_splits, phantom_dataset, read_orientation
 from common.data.laterality import Orientation, seeded_flips
+from common.evaluation.controls import make_control_set
 from common.generation import GenerationRun, JobBatch, jobs_from_pairs
 from common.regions import keep_mask, to_latent_grid
 
@@ -105,6 +107,40 @@ def test_flips_move_the_kept_structures_with_their_masks(pairs, tmp_path):
         assert (written["image"][known] - image[0][known]).abs().max() <= 1 / 255 + 1e-6  # kept at its new place
         masks.add(tuple(written["label"].flatten().tolist()))
     assert len(masks) > 1
+
+
+def test_flips_keep_lateral_classes_on_their_sides_and_the_control_flips_alike(tmp_path):
+    """On data with a lateral pair the paper's flips mirror the pair and swap the pair's labels, so the right lobe
+    stays on the image's left; the inpainting control rebuilds the same flipped pair from the orientation the set
+    records."""
+    data = phantom_dataset(tmp_path / "data", image_size=SIZE, num_images=12, layout="lateral")
+    orientation = read_orientation(data)
+    pairs = load_splits(data, seed=0, num_labelled=4)["train"]
+    config = {"flip": True, "mask_mode": "box", "box_margin": 0, "orientation": orientation.to_dict()}
+    out = tmp_path / "synthetic"
+    inpainter = exact_inpainter(flip=True, orientation=orientation)
+    datalist = GenerationRun(
+        jobs_from_pairs(pairs, 4, 3), inpainter, str(out), "augpaint", config, image_size=SIZE, progress=False
+    ).run()
+    entries = load_decathlon_datalist(datalist, data_list_key="training")
+    sources = {load(p)["image"].sum().item(): load(p) for p in pairs}
+    mirrored = 0
+    for entry in entries:
+        label = load(entry)["label"]
+        for right, left in (((label == 1), (label == 2)),):
+            if right.any() and left.any():
+                assert mean_column(right) < mean_column(left)  # right_lobe on the image's left, as in every real mask
+        source_label = load({"image": entry["image"], "label": entry["source_label"]})["label"]
+        mirrored += not torch.equal(label, source_label)
+    assert 0 < mirrored < len(entries)
+    control = make_control_set(datalist, str(tmp_path / "control"), "noise", pairs, image_size=SIZE)
+    written = [load(e)["label"] for e in load_decathlon_datalist(control, data_list_key="training")]
+    assert len(sources) and all(torch.equal(a, load(e)["label"]) for a, e in zip(written, entries, strict=True))
+
+
+def mean_column(mask: torch.Tensor) -> float:
+    columns = torch.arange(mask.shape[-1], dtype=torch.float64)
+    return float((mask.double() * columns).sum() / mask.double().sum())
 
 
 def test_conditional_network_gets_the_masked_latent_and_keep_mask():

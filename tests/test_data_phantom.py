@@ -165,3 +165,24 @@ def test_default_root_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MONAI_GENAUG_DATA", str(tmp_path))
     folder = phantom_dataset(num_images=4, image_size=16)
     assert Path(folder).parent == tmp_path
+
+
+def test_lateral_layout_has_a_look_alike_pair_told_apart_only_by_side(tmp_path):
+    folder = Path(phantom_dataset(root=tmp_path, num_images=40, layout="lateral"))
+    assert read_class_names(folder) == ["background", "right_lobe", "left_lobe", "vessel", "nerve", "lesion"]
+    assert "lateral" in folder.name and phantom_dataset(root=tmp_path, num_images=40) != str(folder)
+    both, right_values, left_values = 0, [], []
+    for index in range(40):
+        image, label = render_phantom((64, 64), seed=0, index=index, has_rare=index == 0, layout="lateral")
+        columns = np.nonzero(label == 1)[1], np.nonzero(label == 2)[1]
+        if all(len(c) for c in columns):
+            both += 1
+            assert columns[0].mean() < 32 < columns[1].mean()  # right lobe on the image's left, left lobe on its right
+            right_values.append(image[label == 1].mean())
+            left_values.append(image[label == 2].mean())
+    assert both >= 25
+    assert abs(np.mean(right_values) - np.mean(left_values)) < 0.02  # same look: only the side tells them apart
+    _, lesion = render_phantom((64, 64), seed=0, index=0, has_rare=True, layout="lateral")
+    assert (lesion == 5).any()
+    with pytest.raises(ValueError, match="layout"):
+        render_phantom((64, 64), seed=0, index=0, has_rare=False, layout="mirrored")

@@ -3,11 +3,24 @@ left-right flip that keeps the left class on the left."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from common.data.laterality import Orientation, RandLateralFlipd, detect_lateral_pairs, orientation_from_classes
+from common.data import phantom_dataset, read_orientation
+from common.data.laterality import (
+    Orientation,
+    RandLateralFlipd,
+    detect_lateral_pairs,
+    flip_transforms,
+    orientation_from_classes,
+    seeded_flips,
+)
+from common.evaluation.quality import lateral_side_agreement
+from common.evaluation.report import to_markdown
 
 CHEST = ["background", "right_lung", "left_lung", "heart", "L_clavicle", "R_clavicle", "lesion_l"]
 
@@ -33,6 +46,8 @@ def test_declarations_override_the_defaults_and_up_down_is_off_unless_declared()
         Orientation(flips=("diagonal",))
     with pytest.raises(ValueError, match="disjoint foreground"):
         Orientation(lateral_pairs=((1, 2), (2, 3)))
+    with pytest.raises(ValueError, match="outside the classes"):
+        orientation_from_classes({"lateral_pairs": [[1, 7]]}, CHEST)
 
 
 def test_a_lateral_flip_moves_the_pixels_and_keeps_each_side_s_class():
@@ -41,7 +56,7 @@ def test_a_lateral_flip_moves_the_pixels_and_keeps_each_side_s_class():
     label[0, :, :2], label[0, :, 4:] = 1, 2
     label[0, 0, 2] = 3  # an unpaired class moves without changing
     image = torch.arange(24, dtype=torch.float32).reshape(1, 4, 6)
-    flip = RandLateralFlipd(["image", "label"], Orientation(lateral_pairs=((2, 1),)), num_classes=4, prob=1.0)
+    flip = RandLateralFlipd(["image", "label"], Orientation(lateral_pairs=((2, 1),)), prob=1.0)
     out = flip({"image": image, "label": label})
     np.testing.assert_array_equal(out["image"], torch.flip(image, [-1]))  # the image is mirrored
     np.testing.assert_array_equal(out["label"][0, :, :2], 1)  # the right lung class is still on the image's left
@@ -54,10 +69,98 @@ def test_a_lateral_flip_moves_the_pixels_and_keeps_each_side_s_class():
 def test_without_pairs_it_is_a_plain_flip_and_with_probability_zero_nothing():
     label = torch.randint(0, 3, (1, 5, 5)).float()
     image = torch.rand(1, 5, 5)
-    plain = RandLateralFlipd(["image", "label"], Orientation(), num_classes=3, prob=1.0)
+    plain = RandLateralFlipd(["image", "label"], Orientation(), prob=1.0)
     out = plain({"image": image, "label": label})
     np.testing.assert_array_equal(out["label"], torch.flip(label, [-1]))
-    never = RandLateralFlipd(["image", "label"], Orientation(lateral_pairs=((1, 2),)), num_classes=3, prob=0.0)
+    never = RandLateralFlipd(["image", "label"], Orientation(lateral_pairs=((1, 2),)), prob=0.0)
     np.testing.assert_array_equal(never({"image": image, "label": label})["label"], label)
     with pytest.raises(ValueError, match="does not allow left-right"):
-        RandLateralFlipd(["image"], Orientation(flips=()), num_classes=3)
+        RandLateralFlipd(["image"], Orientation(flips=()))
+    with pytest.raises(ValueError, match="must swap labels"):
+        RandLateralFlipd(["image"], Orientation(lateral_pairs=((1, 2),)))
+
+
+def _kinds(transforms) -> list[tuple[str, int | None]]:
+    return [(type(t).__name__, getattr(getattr(t, "flipper", None), "spatial_axis", None)) for t in transforms]
+
+
+def test_flip_transforms_give_each_kind_of_data_only_the_flips_it_may_take():
+    lateral = Orientation(lateral_pairs=((1, 2),))
+    assert _kinds(flip_transforms(["image", "label"], lateral)) == [("RandLateralFlipd", None)]
+    assert flip_transforms(["image"], lateral, label_keys=()) == []  # an image or latent alone cannot swap
+    assert _kinds(flip_transforms(["image"], Orientation(), label_keys=())) == [("RandFlipd", 1)]
+    both = Orientation(flips=("up_down", "left_right"), lateral_pairs=((1, 2),))
+    assert _kinds(flip_transforms("latent", both, label_keys=())) == [("RandFlipd", 0)]
+    assert flip_transforms(["image", "label"], Orientation(flips=())) == []
+
+
+def test_seeded_flips_swap_lateral_labels_and_skip_flips_the_data_does_not_allow():
+    label = torch.zeros(1, 1, 4, 6)
+    label[..., :2], label[..., 4:] = 1, 2  # class 1 on the image's left
+    image = torch.arange(24, dtype=torch.float32).reshape(1, 1, 4, 6)
+    lateral = Orientation(lateral_pairs=((2, 1),))
+    flipped = 0
+    for seed in range(12):
+        draws = (torch.rand(2, generator=torch.Generator().manual_seed(seed)) < 0.5).tolist()
+        out_image, out_label = seeded_flips(image, label, [seed], lateral)
+        np.testing.assert_array_equal(out_label, label)  # mirrored and swapped: each side keeps its class
+        np.testing.assert_array_equal(out_image, torch.flip(image, [-1]) if draws[1] else image)  # up-down skipped
+        flipped += draws[1]
+    assert 0 < flipped < 12
+
+
+def test_read_orientation_finds_the_lateral_phantoms_pair_and_a_declaration(tmp_path):
+    assert read_orientation(phantom_dataset(tmp_path / "lateral", image_size=16, num_images=4, layout="lateral")) == (
+        Orientation(lateral_pairs=((2, 1),))  # left_lobe, right_lobe
+    )
+    folder = tmp_path / "declared"
+    folder.mkdir()
+    (folder / "images").mkdir()
+    classes = {"0": "background", "1": "lobe a", "2": "lobe b", "lateral_pairs": [[1, 2]], "flips": ["up_down"]}
+    (folder / "classes.json").write_text(json.dumps(classes))
+    assert read_orientation(folder) == Orientation(flips=("up_down",), lateral_pairs=((1, 2),))
+    (folder / "classes.json").write_text(json.dumps({**classes, "lateral_pairs": [[1, 3]]}))
+    with pytest.raises(ValueError, match=r"declared: lateral pair\(s\) \[\(1, 3\)\] are outside the classes 0..2"):
+        read_orientation(folder)
+
+
+def _mask_file(folder, name: str, columns_by_class: dict[int, slice]) -> dict:
+    label = np.zeros((8, 12), dtype=np.uint8)
+    for c, columns in columns_by_class.items():
+        label[2:6, columns] = c
+    path = folder / f"{name}.png"
+    Image.fromarray(label).save(path)
+    return {"image": str(path), "label": str(path)}
+
+
+SUMMARY = {"mean": 0.5, "std": 0.1, "n": 3}
+RESULTS = {
+    "class_names": ["background", "right_lobe", "left_lobe"],
+    "test_data": "t",
+    "labelled": 3,
+    "data": "d",
+    "training_pairs": 3,
+    "validation_pairs": 0,
+    "iterations": 1,
+    "seeds": 3,
+    "arms": {},
+}
+
+
+def test_side_agreement_counts_the_masks_that_keep_the_real_sides(tmp_path):
+    real = [_mask_file(tmp_path, f"real{i}", {1: slice(0, 3), 2: slice(8, 11)}) for i in range(3)]
+    synthetic = [
+        _mask_file(tmp_path, "kept", {1: slice(1, 4), 2: slice(7, 10)}),
+        _mask_file(tmp_path, "kept_too", {1: slice(0, 2), 2: slice(3, 5)}),
+        _mask_file(tmp_path, "swapped", {2: slice(0, 3), 1: slice(8, 11)}),
+        _mask_file(tmp_path, "one_lobe", {1: slice(0, 3)}),  # not checked: the pair is not both there
+    ]
+    found = lateral_side_agreement(real, synthetic, Orientation(lateral_pairs=((2, 1),)))
+    assert found == {"fraction": 2 / 3, "checked": 3, "kept": 2, "real_sides": [1]}  # left class on the right
+    none = lateral_side_agreement(real, synthetic[3:], Orientation(lateral_pairs=((2, 1),)))
+    assert none["checked"] == 0 and np.isnan(none["fraction"])
+    quality = {"fid": 1.0, "kid": 0.1, "num_synthetic": 4, "real_only_dice": {"class_mean": SUMMARY}}
+    lateral_quality = {**quality, "laterality": found}
+    table = to_markdown({**RESULTS, "generator_quality": {"a": lateral_quality, "b": quality}})
+    assert "| sides kept |" in table.replace(" | MS-SSIM", " |") and "| 0.67 (2/3) |" in table
+    assert "sides kept" not in to_markdown({**RESULTS, "generator_quality": {"b": quality}})

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import Compose
 from torch import nn
 
 from common import augmentation
@@ -32,11 +33,18 @@ from common.stages import run_workflow
 
 from .arms import Arm
 
-__all__ = ["PROTOCOL_VERSION", "files_digest", "run_arm", "score_segmenter", "train_segmenter"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "classic_training_transforms",
+    "files_digest",
+    "run_arm",
+    "score_segmenter",
+    "train_segmenter",
+]
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # bump when training or scoring changes outside the configs (3: flips follow the orientation)
 RECORD = "run.json"
 _digests: dict[tuple[str, float, int], str] = {}
 
@@ -55,6 +63,15 @@ def files_digest(pairs: Sequence[Mapping[str, str]]) -> str:
     for digest in sorted(_digest(p[key]) for p in pairs for key in ("image", "label") if key in p):
         combined.update(digest.encode())
     return combined.hexdigest()
+
+
+def classic_training_transforms(image_size: int, dataset_dir: str) -> Compose:
+    """The training transforms of a ``classic`` arm: the segmenter's own (with the flips the data set's orientation
+    allows) followed by :func:`common.augmentation.classic_augmentation`."""
+    orientation = read_orientation(dataset_dir)
+    return chain_transforms(
+        [pair_transforms(image_size, augment=True, orientation=orientation), augmentation.classic_augmentation()]
+    )
 
 
 def train_segmenter(
@@ -77,12 +94,7 @@ def train_segmenter(
         **arm.overrides,
     }
     if arm.classic:
-        overrides["train#preprocessing"] = chain_transforms(
-            [
-                pair_transforms(image_size, augment=True, orientation=read_orientation(dataset_dir)),
-                augmentation.classic_augmentation(),
-            ]
-        )
+        overrides["train#preprocessing"] = classic_training_transforms(image_size, dataset_dir)
     run_workflow(arm.config_files, **overrides)
     return load_network(os.path.join(run_dir, "model.pt"), image_size=image_size)
 
