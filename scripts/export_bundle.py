@@ -2,9 +2,9 @@
 
 ::
 
-    python -m scripts.export_bundle segmentation                          # dist/segmentation_v0.3.0.zip, untrained
+    python -m scripts.export_bundle segmentation                          # dist/segmentation_v0.4.0.zip, untrained
     python -m scripts.export_bundle segmentation --run outputs/seg_usgra   # with the weights trained there
-    python -m monai.bundle download --name segmentation --url file://$PWD/dist/segmentation_v0.3.0.zip --bundle_dir D
+    python -m monai.bundle download --name segmentation --url file://$PWD/dist/segmentation_v0.4.0.zip --bundle_dir D
     cd D/segmentation && python -m monai.bundle run --config_file configs/inference.json
 
 The zip has one top folder ``NAME/`` in the model zoo's layout: ``configs/`` (every ``bundle_root`` is ``"."``, so
