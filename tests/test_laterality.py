@@ -4,13 +4,14 @@ left-right flip that keeps the left class on the left."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from common.data import phantom_dataset, read_orientation
+from common.data import DataValidationError, phantom_dataset, read_orientation, validate_dataset
 from common.data.laterality import (
     Orientation,
     RandLateralFlipd,
@@ -164,3 +165,15 @@ def test_side_agreement_counts_the_masks_that_keep_the_real_sides(tmp_path):
     table = to_markdown({**RESULTS, "generator_quality": {"a": lateral_quality, "b": quality}})
     assert "| sides kept |" in table.replace(" | MS-SSIM", " |") and "| 0.67 (2/3) |" in table
     assert "sides kept" not in to_markdown({**RESULTS, "generator_quality": {"b": quality}})
+
+
+def test_a_bad_declaration_is_named_with_the_data_set_s_other_problems_before_training(tmp_path):
+    folder = tmp_path / "data"
+    shutil.copytree(phantom_dataset(tmp_path / "lateral", image_size=16, num_images=6, layout="lateral"), folder)
+    names = json.loads((folder / "classes.json").read_text())
+    (folder / "classes.json").write_text(json.dumps({**names, "lateral_pairs": [[2, 1]], "flips": ["sideways"]}))
+    (folder / "masks" / "0000.png").write_bytes(b"not a png")
+    with pytest.raises(DataValidationError) as raised:
+        validate_dataset(folder)
+    message = str(raised.value)
+    assert "orientation (lateral_pairs, flips): unknown flip(s) ['sideways']" in message and "0000.png" in message

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from common.data.pairs import load_splits, read_class_names, resolve_dataset
+from common.data.laterality import orientation_from_classes
+from common.data.pairs import class_declaration, load_splits, resolve_dataset
 from common.data.readers import load_image
 from common.data.transforms import normalise_class_map
 
@@ -161,15 +162,22 @@ def validate_dataset(
     allow_outside_paths: bool = False,
 ) -> dict[str, list[dict]]:
     """Check the data set ``dataset_dir`` as a run with these settings will use it and return its splits, or raise
-    one :class:`DataValidationError` naming every problem: the class names (``classes.json``), the splits (split files,
-    datalist, a labelled subset or validation carve-out the data set cannot give) and every file of every split."""
+    one :class:`DataValidationError` naming every problem: the class names and orientation (``classes.json``), the
+    splits (split files, datalist, a labelled subset or validation carve-out the data set cannot give) and every file
+    of every split."""
     dataset = resolve_dataset(dataset_dir)
     problems: list[tuple[str, str]] = []
     try:
-        num_classes = len(read_class_names(dataset))
+        names, declaration = class_declaration(dataset)
+        num_classes = len(names)
     except (OSError, ValueError) as error:
         problems.append((dataset, str(error)))
         num_classes = 256  # the files are still checked, against the widest class range
+    else:
+        try:
+            orientation_from_classes(declaration, names)
+        except (TypeError, ValueError) as error:
+            problems.append((dataset, f"orientation (lateral_pairs, flips): {error}"))
     options = {"allow_outside_paths": allow_outside_paths}
     try:
         splits = load_splits(dataset, seed=seed, num_labelled=num_labelled, val_fraction=val_fraction, **options)
