@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_networks import TINY_DIFFUSION_KNOBS
+from tiny_networks import tiny_training_knobs
 
 from common.bundles import Bundle, find_methods
+from common.checkpoints import read_card
 from common.stages import run_workflow
 from scripts import benchmark
 
@@ -27,7 +28,7 @@ TINY_SCHEMES = {
 
 def tiny_trained(bundle: Bundle, folder) -> str:
     """The bundle trained with its smoke knobs and narrow diffusion networks: real checkpoints with cards."""
-    knobs = {**bundle.evaluation["smoke_knobs"]["train"], **TINY_DIFFUSION_KNOBS}
+    knobs = tiny_training_knobs(bundle)
     models = str(folder / "models")
     run_workflow(bundle.config("train"), bundle_root=str(bundle.root), ckpt_dir=models, knobs=knobs)
     return models
@@ -49,13 +50,16 @@ def test_every_declared_setting_is_timed_with_the_nfe_the_network_saw(method, mo
     monkeypatch.setattr(torch.nn.Module, "__call__", counting)
     rows = benchmark.benchmark(method, generator=models, batch_size=2, knobs=knobs)
     assert [row["setting"] for row in rows] == [entry["name"] for entry in bundle.evaluation["benchmark"]]
+    # per step of a pair: the generator network's rows (classifier-free guidance: a conditional and a null row) and
+    # those of other diffusion UNets (DiffuseExpand's noise-aware segmenter guides both of its chains)
+    network_rows, other_rows = {"augpaint": (1, 0), "gauda": (2, 0), "diffuseexpand": (1 + 2, 1 + 1)}[method]
+    chain = read_card(f"{models}/model.pt")["settings"]["noise_schedule"]["num_train_timesteps"]
     for row in rows:
-        steps = row["knobs"].get("num_inference_steps") or 1000  # GAUDA's DDPM runs every training step
-        guided = 2 if method == "gauda" else 1  # classifier-free guidance: a conditional and a null row per step
-        assert row["nfe_per_sample"] == guided * steps
+        steps = row["knobs"].get("num_inference_steps") or chain  # a DDPM runs every training step
+        assert row["nfe_per_sample"] == network_rows * steps
         assert row["pairs_per_second"] > 0 and row["peak_memory_mb"] > 0
-    # what the network saw from outside: a 2-pair warm-up and the 2 timed pairs per setting
-    assert sum(rows_seen) == sum(4 * row["nfe_per_sample"] for row in rows)
+    # what the diffusion UNets saw from outside: a 2-pair warm-up and the 2 timed pairs per setting
+    assert sum(rows_seen) == sum(4 * row["nfe_per_sample"] * (1 + other_rows / network_rows) for row in rows)
 
 
 def test_gauda_online_scheme_is_timed_against_its_baseline_at_equal_iterations(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from exported_bundles import STANDALONE, cli_overrides, download_bundle, named_class_data, run_checked
 from monai.bundle import ConfigParser
 from PIL import Image
-from tiny_networks import TINY_DIFFUSION_KNOBS
+from tiny_networks import tiny_training_knobs
 
 from common.bundles import find_bundles
 from common.checkpoints import read_card
@@ -167,7 +167,7 @@ def test_a_downloaded_bundle_trains_and_infers_from_its_own_folder(name, tmp_pat
     folder = download_bundle(zip_path, name, tmp_path / "zoo")
     run = [sys.executable, STANDALONE, "run", "--config_file"]
     if bundle.is_method:
-        knobs = {**bundle.evaluation["smoke_knobs"]["train"], **TINY_DIFFUSION_KNOBS}
+        knobs = tiny_training_knobs(bundle)
         run_checked([*run, "configs/train.json", "--knobs", json.dumps(knobs)], cwd=folder)
         run_checked(
             [*run, "configs/inference.json", *cli_overrides(bundle.evaluation["smoke_knobs"]["inference"])], cwd=folder

@@ -12,7 +12,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny_networks import TINY_DIFFUSION_KNOBS
+from tiny_networks import tiny_training_knobs
 from torch import nn
 
 from common.bundles import BUNDLES_DIR, find_methods
@@ -136,7 +136,7 @@ def test_progress_lines_give_the_rate_and_the_time_left(monkeypatch, caplog):
 def test_every_generative_stage_draws_into_its_own_run_folder(method, tmp_path):
     bundle = find_methods()[method]
     before = set(glob.glob(str(BUNDLES_DIR / "*" / "eval" / "**"), recursive=True))
-    knobs = {**bundle.evaluation["smoke_knobs"]["train"], **TINY_DIFFUSION_KNOBS}
+    knobs = tiny_training_knobs(bundle)
     models = tmp_path / "models"
     run_workflow(bundle.config("train"), bundle_root=str(bundle.root), ckpt_dir=str(models), knobs=knobs)
     tags = {}
@@ -149,6 +149,7 @@ def test_every_generative_stage_draws_into_its_own_run_folder(method, tmp_path):
             "mask_autoencoder": ["reconstructions"],
             "diffusion": ["class_conditional_pairs"],
         },
+        "diffuseexpand": {"ddpm": ["generated_pairs"], "noise_segmenter": []},
     }
     assert tags == expected[method]
     assert set(glob.glob(str(BUNDLES_DIR / "*" / "eval" / "**"), recursive=True)) == before  # no log in the repo

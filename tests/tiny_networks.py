@@ -19,6 +19,25 @@ TINY_DIFFUSION_KNOBS = {  # a bundle's quick shapes, narrower, so that a 1000-st
     "network_def#num_head_channels": [0, 8, 8],
     "network_def#norm_num_groups": 8,
 }
+TINY_BUNDLE_KNOBS = {  # networks of a bundle's own beyond its diffusion UNet, as narrow
+    "diffuseexpand": {  # a pixel-space DDPM: a shorter chain, so its 1000-step sampler setting runs in seconds
+        "noise_schedule#num_train_timesteps": 100,
+        "segmenter_def#channels": [8, 8, 8],
+        "segmenter_def#num_head_channels": 8,
+        "segmenter_def#norm_num_groups": 8,
+    },
+}
+
+
+def tiny_training_knobs(bundle) -> dict:
+    """The knobs that train a method's bundle in seconds: its smoke knobs with every network narrow."""
+    return {
+        **bundle.evaluation["smoke_knobs"]["train"],
+        **TINY_DIFFUSION_KNOBS,
+        **TINY_BUNDLE_KNOBS.get(bundle.name, {}),
+    }
+
+
 NOISE_SCHEDULE = {
     "num_train_timesteps": 1000,
     "schedule": "scaled_linear_beta",

@@ -8,14 +8,15 @@
 - :func:`reconstruction_batch`, :class:`ReconstructionInferer`: run an autoencoder as an image-to-image model in
   MONAI engines (the image is the target; the prediction is the reconstruction).
 - :func:`diffusion_prepare_batch`: MONAI's diffusion ``prepare_batch`` matching the scheduler's prediction type.
-- :class:`ConditionDropoutPrepareBatch`: the same with the condition dropped at random (classifier-free guidance).
+- :class:`ConditionDropoutPrepareBatch`: the same with the condition dropped at random (classifier-free guidance),
+  optionally with class labels for the UNet's class embedding, which :class:`ClassLabelDiffusionInferer` passes on.
 - :class:`ProbabilityCrossEntropyLoss`: cross-entropy of class probabilities against one-hot masks (mask autoencoder).
 """
 
 from __future__ import annotations
 
 from common.engines.adversarial_losses import discriminator_adversarial_loss, generator_adversarial_loss
-from common.engines.condition_dropout import ConditionDropoutPrepareBatch
+from common.engines.condition_dropout import ClassLabelDiffusionInferer, ConditionDropoutPrepareBatch
 from common.engines.diffusion_batch import diffusion_prepare_batch
 from common.engines.reconstruction import (
     ProbabilityCrossEntropyLoss,
@@ -26,6 +27,7 @@ from common.engines.reconstruction import (
 from common.engines.vq_adversarial_trainer import VQAdversarialTrainer, vq_adversarial_loss_terms
 
 __all__ = [
+    "ClassLabelDiffusionInferer",
     "ConditionDropoutPrepareBatch",
     "ProbabilityCrossEntropyLoss",
     "ReconstructionInferer",

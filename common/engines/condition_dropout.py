@@ -6,6 +6,9 @@ condition, a tensor filled with ``null_value``. Sampling then mixes the two pred
 :mod:`common.sampling.classifier_free`); the null condition used there must be the one used here, which is why both
 take ``null_value`` (MONAI's ``DiffusionInferer.sample`` calls it ``cfg_fill_value``).
 
+With ``class_name``, the batch's class labels (B,) go to the network's class embedding as ``class_labels`` (MONAI
+``DiffusionModelUNet(num_class_embeds=...)``), through :class:`ClassLabelDiffusionInferer`; they are never dropped.
+
 The training target follows the scheduler's prediction type, as :func:`common.engines.diffusion_prepare_batch`: the
 noise (epsilon) or the velocity ``scheduler.get_velocity(x0, noise, t)`` (v prediction).
 """
@@ -17,9 +20,11 @@ from typing import Any
 
 import torch
 from monai.engines.utils import DiffusionPrepareBatch
+from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import Scheduler
+from torch import nn
 
-__all__ = ["ConditionDropoutPrepareBatch"]
+__all__ = ["ClassLabelDiffusionInferer", "ConditionDropoutPrepareBatch"]
 
 
 class ConditionDropoutPrepareBatch(DiffusionPrepareBatch):
@@ -32,6 +37,7 @@ class ConditionDropoutPrepareBatch(DiffusionPrepareBatch):
         drop_prob: probability of dropping a sample's condition (GAUDA: 0.2).
         null_value: value of every entry of the null condition (must differ from real conditions).
         seed: seed of the dropout draws (None: torch's global generator).
+        class_name: batch key of per-sample class labels for the network's class embedding, if any.
     """
 
     def __init__(
@@ -41,6 +47,7 @@ class ConditionDropoutPrepareBatch(DiffusionPrepareBatch):
         drop_prob: float = 0.2,
         null_value: float = -1.0,
         seed: int | None = None,
+        class_name: str | None = None,
     ) -> None:
         if not 0.0 <= drop_prob <= 1.0:
             raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
@@ -53,6 +60,7 @@ class ConditionDropoutPrepareBatch(DiffusionPrepareBatch):
         self.drop_prob = float(drop_prob)
         self.null_value = float(null_value)
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self.class_name = class_name
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self.prediction_type == "v_prediction":
@@ -74,4 +82,32 @@ class ConditionDropoutPrepareBatch(DiffusionPrepareBatch):
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         images, target, args, infer_kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
         infer_kwargs["condition"] = self.drop(infer_kwargs["condition"])
+        if self.class_name is not None:
+            labels = torch.as_tensor(batchdata[self.class_name]).long().view(-1)
+            infer_kwargs["class_labels"] = labels.to(device, non_blocking=non_blocking)
         return images, target, args, infer_kwargs
+
+
+class ClassLabelDiffusionInferer(DiffusionInferer):
+    """MONAI's ``DiffusionInferer`` whose training forward also hands ``class_labels`` to the network's class
+    embedding (concat or cross-attention condition as MONAI's)."""
+
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: torch.Tensor,
+        diffusion_model: nn.Module,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        mode: str = "crossattn",
+        class_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        noisy = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
+        context = condition
+        if mode == "concat":
+            if condition is None:
+                raise ValueError("a concat condition is required in concat mode")
+            noisy, context = torch.cat([noisy, condition], dim=1), None
+        elif mode != "crossattn":
+            raise NotImplementedError(f"{mode} condition is not supported")
+        return diffusion_model(x=noisy, timesteps=timesteps, context=context, class_labels=class_labels)

@@ -12,16 +12,25 @@ from typing import Any
 
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
+from common.sampling.dpm_solver import DPMSolverMultistepScheduler
+
 __all__ = ["SCHEDULERS", "sampling_scheduler"]
 
-SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
 
 
 def sampling_scheduler(
-    kind: str, noise_schedule: Mapping[str, Any], prediction_type: str = "epsilon", clip_sample: bool = False
+    kind: str,
+    noise_schedule: Mapping[str, Any],
+    prediction_type: str = "epsilon",
+    clip_sample: bool = False,
+    **options: Any,
 ) -> Scheduler:
-    """A ``kind`` ("ddim" or "ddpm") scheduler on ``noise_schedule`` reading ``prediction_type`` outputs;
-    ``clip_sample`` clips the predicted ``x_0`` to [-1, 1] (off for latents, whose values are not bounded)."""
+    """A ``kind`` ("ddim", "ddpm" or "dpm_solver", DPM-Solver++) scheduler on ``noise_schedule`` reading
+    ``prediction_type`` outputs; ``clip_sample`` clips DDIM's and DDPM's predicted ``x_0`` to [-1, 1] (off for
+    latents, whose values are not bounded); ``options`` go to the scheduler (e.g. ``solver_order``)."""
     if kind not in SCHEDULERS:
         raise ValueError(f"scheduler kind must be one of {sorted(SCHEDULERS)}, got {kind!r}")
-    return SCHEDULERS[kind](**dict(noise_schedule), prediction_type=prediction_type, clip_sample=clip_sample)
+    if kind == "dpm_solver":
+        return DPMSolverMultistepScheduler(**dict(noise_schedule), prediction_type=prediction_type, **options)
+    return SCHEDULERS[kind](**dict(noise_schedule), prediction_type=prediction_type, clip_sample=clip_sample, **options)
