@@ -21,12 +21,14 @@ a mismatch is an error that names both values, never a silently wrong sample.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
+from monai.networks.utils import copy_model_state
 from torch import nn
 
 from common.files import file_digest, json_ready, read_json, write_json
@@ -36,11 +38,37 @@ __all__ = [
     "card_path",
     "check_settings",
     "labels_seen",
+    "load_matching_weights",
     "load_network",
     "network_definition",
     "read_card",
     "save_card",
 ]
+
+
+logger = logging.getLogger(__name__)
+
+
+def load_matching_weights(network: nn.Module, checkpoint: str | None) -> nn.Module:
+    """``network`` with every weight of the state dict in ``checkpoint`` whose name and shape match its own (MONAI's
+    ``copy_model_state``), e.g. a pretrained DDPM with other input channels; the weights it could not take are
+    logged by name. ``None`` returns ``network`` unchanged (training from scratch)."""
+    if checkpoint is None:
+        return network
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"pretrained checkpoint not found: {checkpoint}")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, Mapping) else state
+    _, loaded, kept = copy_model_state(network, state, inplace=True)
+    if not loaded:
+        raise ValueError(f"{checkpoint}: no weight matches the network by name and shape; is it the same architecture?")
+    skipped = sorted(set(state) - set(loaded))
+    logger.info(
+        "%s: %d of %d weights loaded; %d of the network's kept their initial values; not loaded (name or shape "
+        "differs): %s",
+        checkpoint, len(loaded), len(state), len(kept), ", ".join(skipped) if skipped else "none",
+    )  # fmt: skip
+    return network
 
 
 def card_path(checkpoint: str) -> str:

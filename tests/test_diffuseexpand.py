@@ -21,7 +21,7 @@ from monai.utils import set_determinism
 from PIL import Image
 
 from common.bundles import find_bundles, find_methods
-from common.checkpoints import read_card
+from common.checkpoints import load_matching_weights, read_card
 from common.generation import JobBatch
 from common.sampling.dpm_solver import DPMSolverMultistepScheduler
 from common.stages import run_workflow
@@ -218,3 +218,23 @@ def test_bundle_trains_both_stages_with_falling_losses_and_writes_filtered_pairs
         image = np.asarray(Image.open(out / entry["image"]))
         label = np.asarray(Image.open(out / entry["label"]))
         assert image.shape == label.shape == (32, 32) and label.max() < 5
+
+
+def test_a_pretrained_checkpoint_gives_the_weights_that_fit_and_names_the_rest(tmp_path, caplog):
+    torch.manual_seed(0)
+    kwargs = {"spatial_dims": 2, "channels": (8, 8), "attention_levels": (False, False), "num_res_blocks": 1}
+    pretrained = DiffusionModelUNet(in_channels=3, out_channels=3, norm_num_groups=8, **kwargs)  # e.g. an RGB DDPM
+    path = tmp_path / "pretrained.pt"
+    torch.save(pretrained.state_dict(), path)
+    ours = DiffusionModelUNet(in_channels=4, out_channels=2, norm_num_groups=8, num_class_embeds=2, **kwargs)
+    fresh = {k: v.clone() for k, v in ours.state_dict().items()}
+    with caplog.at_level("INFO"):
+        load_matching_weights(ours, str(path))
+    after, source = ours.state_dict(), pretrained.state_dict()
+    for key, value in after.items():
+        fits = key in source and source[key].shape == value.shape
+        assert torch.equal(value, source[key] if fits else fresh[key]), key
+    assert "conv_in.conv.weight" in caplog.text and "out.2.conv.weight" in caplog.text  # the ones that did not fit
+    assert load_matching_weights(ours, None) is ours
+    with pytest.raises(FileNotFoundError, match="pretrained checkpoint not found"):
+        load_matching_weights(ours, str(tmp_path / "missing.pt"))

@@ -29,7 +29,9 @@ class PairEncoding:
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 2:
-            raise ValueError(f"a segmentation needs at least 2 classes (background and one structure), got {num_classes}")
+            raise ValueError(
+                f"a segmentation needs at least 2 classes (background and one structure), got {num_classes}"
+            )
         self.num_classes = int(num_classes)
         self.channels = max(1, self.num_classes - 1)
 
