@@ -4,6 +4,7 @@ generator on tiny networks, and the bundle end to end on phantoms (stages I and 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +23,12 @@ from PIL import Image
 
 from common.bundles import find_bundles, find_methods
 from common.checkpoints import load_matching_weights, read_card
+from common.data import phantom_dataset
 from common.generation import JobBatch
 from common.sampling.dpm_solver import DPMSolverMultistepScheduler
 from common.stages import run_workflow
+from scripts.augment import augment
+from scripts.evaluate import evaluate
 
 SIZE = 16
 
@@ -238,3 +242,34 @@ def test_a_pretrained_checkpoint_gives_the_weights_that_fit_and_names_the_rest(t
     assert load_matching_weights(ours, None) is ours
     with pytest.raises(FileNotFoundError, match="pretrained checkpoint not found"):
         load_matching_weights(ours, str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.engine
+@pytest.mark.usefixtures("single_torch_thread")
+def test_augment_and_evaluate_take_diffuseexpand_as_any_method(tmp_path):
+    data = phantom_dataset(root=str(tmp_path / "data"), image_size=32, num_images=30)
+    datalist = augment(
+        "diffuseexpand",
+        data=data,
+        labelled=6,
+        image_size=32,
+        out=str(tmp_path / "run"),
+        train_knobs={**TINY, "ddpm_iterations": 2, "segmenter_iterations": 2},
+        segmenter_knobs={"max_iterations": 4, "val_interval": 2, "num_workers": 0, "channels": [8, 16, 32, 64]},
+        num_pairs=4,
+        num_inference_steps=2,
+        eta=10.0,  # an untrained filter segmenter: keep everything, so the evaluation has pairs to add
+        progress=False,
+    )
+    written = json.loads(Path(datalist).read_text())
+    assert written["method"] == "diffuseexpand" and len(written["training"]) == 4
+    assert all(entry["status"] == "kept" for entry in written["training"])
+    assert (tmp_path / "run" / "models" / "model_segmenter.pt").is_file()  # the filter's segmenter was trained
+    results = evaluate(
+        data=data, labelled=6, image_size=32, synthetic=[datalist], seeds=2, iterations=2, val_interval=2,
+        knobs={"channels": [4, 8, 16, 32], "num_workers": 0, "batch_size": 4}, out=str(tmp_path / "ev"),
+    )  # fmt: skip
+    name = "diffuseexpand (run)"
+    assert {f"real + {name}", f"real + classic aug + {name} control: extra real copies"} <= set(results["arms"])
+    assert results["generator_quality"][name]["num_synthetic"] == 4
