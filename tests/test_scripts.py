@@ -183,4 +183,4 @@ def test_every_script_answers_help_from_the_command_line(script, tmp_path):
     shown = result.stdout + result.stderr
     assert "SYNOPSIS" in shown and not os.listdir(tmp_path)  # help, and nothing written
     if script == "augment":
-        assert "one of: augpaint, gauda" in shown  # the methods, found from the bundles
+        assert "one of: augpaint, diffuseexpand, gauda" in shown  # the methods, found from the bundles
