@@ -99,3 +99,15 @@ def test_the_card_kind_and_clear_errors():
         DPMSolverMultistepScheduler(solver_order=4)
     with pytest.raises(RuntimeError, match="set_timesteps"):
         DPMSolverMultistepScheduler().step(torch.zeros(1), 999, torch.zeros(1))
+
+
+def test_clip_sample_keeps_a_poor_network_s_samples_in_the_data_range():
+    """A pixel-space network far from converged can push DPM-Solver++ out of [-1, 1]; clip_sample clips x_0."""
+
+    def poor(sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return -3 * sample  # an epsilon that points the wrong way, so x_0 estimates overshoot
+
+    generators = [torch.Generator().manual_seed(s) for s in range(2)]
+    clipped = DenoisingLoop(DPMSolverMultistepScheduler(**SCHEDULE, clip_sample=True), 20)(poor, generators, (1, 4, 4))
+    free = DenoisingLoop(DPMSolverMultistepScheduler(**SCHEDULE), 20)(poor, generators, (1, 4, 4))
+    assert clipped.abs().max() <= 1.0 + 1e-6 and free.abs().max() > 1.0

@@ -29,6 +29,9 @@ class DPMSolverMultistepScheduler(Scheduler):
         schedule: MONAI schedule name (``"linear_beta"``, ``"scaled_linear_beta"``, ``"cosine"`` ...).
         solver_order: 1 (DDIM), 2 or 3; the last steps of a short chain use lower orders, as diffusers does.
         prediction_type: what the network predicts: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
+        clip_sample: clip the predicted ``x_0`` to [-1, 1] at every step (diffusers' thresholding with a maximum of
+            1), as DDIM's ``clip_sample``: for pixel-space data in [-1, 1], where a few large steps can otherwise
+            leave the data range; off for latents.
         schedule_args: the schedule's arguments (``beta_start``, ``beta_end``).
     """
 
@@ -38,6 +41,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         schedule: str = "linear_beta",
         solver_order: int = 2,
         prediction_type: str = "epsilon",
+        clip_sample: bool = False,
         **schedule_args,
     ) -> None:
         super().__init__(num_train_timesteps, schedule, **schedule_args)
@@ -49,12 +53,15 @@ class DPMSolverMultistepScheduler(Scheduler):
             raise ImportError("DPM-Solver++ needs the diffusers package: pip install diffusers")
         self.prediction_type = prediction_type
         self.solver_order = solver_order
+        self.clip_sample = clip_sample
         self.solver = DiffusersDPMSolver(
             num_train_timesteps=num_train_timesteps,
             trained_betas=self.betas.double().numpy(),
             solver_order=solver_order,
             prediction_type=prediction_type,
             algorithm_type="dpmsolver++",
+            thresholding=clip_sample,
+            sample_max_value=1.0,
             lower_order_final=True,
             timestep_spacing="linspace",
         )

@@ -27,10 +27,8 @@ def sampling_scheduler(
     **options: Any,
 ) -> Scheduler:
     """A ``kind`` ("ddim", "ddpm" or "dpm_solver", DPM-Solver++) scheduler on ``noise_schedule`` reading
-    ``prediction_type`` outputs; ``clip_sample`` clips DDIM's and DDPM's predicted ``x_0`` to [-1, 1] (off for
+    ``prediction_type`` outputs; ``clip_sample`` clips the predicted ``x_0`` to [-1, 1] (pixel-space data; off for
     latents, whose values are not bounded); ``options`` go to the scheduler (e.g. ``solver_order``)."""
     if kind not in SCHEDULERS:
         raise ValueError(f"scheduler kind must be one of {sorted(SCHEDULERS)}, got {kind!r}")
-    if kind == "dpm_solver":
-        return DPMSolverMultistepScheduler(**dict(noise_schedule), prediction_type=prediction_type, **options)
     return SCHEDULERS[kind](**dict(noise_schedule), prediction_type=prediction_type, clip_sample=clip_sample, **options)
