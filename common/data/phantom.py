@@ -62,26 +62,9 @@ PRESENCE = {1: 0.85, 2: 0.7, 3: 0.5}  # probability that a (non-rare) class appe
 # mean intensity and texture amplitude per class, index = class
 MEANS = (0.36, 0.58, 0.08, 0.82, 0.97)
 TEXTURE = (0.06, 0.05, 0.02, 0.05, 0.02)
-PALETTE = [
-    0,
-    0,
-    0,
-    230,
-    159,
-    0,
-    86,
-    180,
-    233,
-    0,
-    158,
-    115,
-    213,
-    94,
-    0,
-    204,
-    121,
-    167,
-]  # Okabe-Ito: viewers show classes
+# Okabe-Ito colours, one per class index, so viewers show the classes; a mask's palette has those of its layout
+COLOURS = ((0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (213, 94, 0), (204, 121, 167))
+PALETTE = [value for colour in COLOURS for value in colour]
 
 
 def _frequency_grid(shape: tuple[int, int]) -> np.ndarray:

@@ -15,6 +15,7 @@ noise (epsilon) or the velocity ``scheduler.get_velocity(x0, noise, t)`` (v pred
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,7 +91,7 @@ class ConditionDropoutPrepareBatch(DiffusionPrepareBatch):
 
 class ClassLabelDiffusionInferer(DiffusionInferer):
     """MONAI's ``DiffusionInferer`` whose training forward also hands ``class_labels`` to the network's class
-    embedding (concat or cross-attention condition as MONAI's)."""
+    embedding: MONAI's forward (noise, concat or cross-attention condition) on the network with the labels bound."""
 
     def __call__(  # type: ignore[override]
         self,
@@ -102,12 +103,6 @@ class ClassLabelDiffusionInferer(DiffusionInferer):
         mode: str = "crossattn",
         class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        noisy = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
-        context = condition
-        if mode == "concat":
-            if condition is None:
-                raise ValueError("a concat condition is required in concat mode")
-            noisy, context = torch.cat([noisy, condition], dim=1), None
-        elif mode != "crossattn":
-            raise NotImplementedError(f"{mode} condition is not supported")
-        return diffusion_model(x=noisy, timesteps=timesteps, context=context, class_labels=class_labels)
+        if class_labels is not None:
+            diffusion_model = functools.partial(diffusion_model, class_labels=class_labels)
+        return super().__call__(inputs, diffusion_model, noise, timesteps, condition=condition, mode=mode)

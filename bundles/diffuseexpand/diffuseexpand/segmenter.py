@@ -18,7 +18,13 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
-__all__ = ["NoiseAwareSegmenter", "NoiseAwareSegmenterLoss", "NoisySamplesPrepareBatch"]
+__all__ = ["NoiseAwareSegmenter", "NoiseAwareSegmenterLoss", "NoisySamplesPrepareBatch", "split_heads"]
+
+
+def split_heads(output: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(segmentation logits (B, K, H, W), mode logit (B,))`` of the segmenter's output; the mode logit is > 0 for
+    "image"."""
+    return output[:, :num_classes], output[:, num_classes].mean(dim=(-2, -1))
 
 
 class NoiseAwareSegmenter(nn.Module):
@@ -57,22 +63,18 @@ class NoiseAwareSegmenter(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return self.unet(x, timesteps=timesteps)
 
-    def split(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(segmentation logits (B, K, H, W), mode logit (B,))``; the mode logit is > 0 for "image"."""
-        return output[:, : self.num_classes], output[:, self.num_classes].mean(dim=(-2, -1))
-
     def mask_log_likelihood(
         self, x: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
     ) -> torch.Tensor:
         """``sum over pixels log softmax(logits / temperature)[mask]`` (B,): log p(y2 | x_t) of the paper's Lemma 3.3
         (the temperature in place of a gradient scale)."""
-        logits, _ = self.split(self(x, timesteps))
+        logits, _ = split_heads(self(x, timesteps), self.num_classes)
         log_p = torch.log_softmax(logits / temperature, dim=1)
         return log_p.gather(1, mask.long()).flatten(1).sum(dim=1)
 
     def mode_log_likelihood(self, x: torch.Tensor, timesteps: torch.Tensor, image: bool) -> torch.Tensor:
         """``log p(y1 | x_t)`` (B,) of the mode ``image`` (True) or mask (False) under the mode head."""
-        _, logit = self.split(self(x, timesteps))
+        _, logit = split_heads(self(x, timesteps), self.num_classes)
         return nn.functional.logsigmoid(logit if image else -logit)
 
 
@@ -88,7 +90,7 @@ class NoiseAwareSegmenterLoss(nn.Module):
         self.segmentation = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, mode_logit = output[:, : self.num_classes], output[:, self.num_classes].mean(dim=(-2, -1))
+        logits, mode_logit = split_heads(output, self.num_classes)
         label, mode = target[:, :1], target[:, 1, 0, 0]
         loss = self.mode_weight * nn.functional.binary_cross_entropy_with_logits(mode_logit, mode.float())
         images = mode > 0.5
