@@ -300,6 +300,23 @@ def test_generator_gives_pairs_that_depend_only_on_their_seed(scheduler):
         generator(JobBatch([1, 2], conditions=[[1]]))
 
 
+def test_labels_hold_only_background_and_the_asked_classes_unless_told_otherwise():
+    """The decoder prefers class 3 everywhere, then class 1 on the left half and background on the right: asked for
+    [1] the label is 1 on the left and 0 on the right; asked for [1, 3], or with the plain argmax, it is 3."""
+    generator = tiny_generator(num_classes=4)
+    logits = torch.zeros(2, 4, 16, 16)
+    logits[:, 3] = 5.0
+    logits[:, 1, :, :8] = 2.0
+    logits[:, 0, :, 8:] = 2.0
+    generator.mask_autoencoder.decode_stage_2_outputs = lambda latent: logits[: len(latent)]
+    _, labels = generator(JobBatch([0, 1], conditions=[[1], [1, 3]]))
+    assert torch.all(labels[0, 0, :, :8] == 1) and torch.all(labels[0, 0, :, 8:] == 0)
+    assert torch.all(labels[1] == 3)
+    generator.asked_classes_only = False
+    _, plain = generator(JobBatch([0], conditions=[[1]]))
+    assert torch.all(plain == 3)
+
+
 @pytest.mark.engine
 def test_conditioning_decides_the_class_on_a_toy_trained_for_seconds():
     """A tiny conditional UNet trained (MONAI SupervisedTrainer, condition dropout 0.2) on toy latents whose sign is

@@ -154,16 +154,18 @@ def test_side_agreement_counts_the_masks_that_keep_the_real_sides(tmp_path):
         _mask_file(tmp_path, "kept", {1: slice(1, 4), 2: slice(7, 10)}),
         _mask_file(tmp_path, "kept_too", {1: slice(0, 2), 2: slice(3, 5)}),
         _mask_file(tmp_path, "swapped", {2: slice(0, 3), 1: slice(8, 11)}),
-        _mask_file(tmp_path, "one_lobe", {1: slice(0, 3)}),  # not checked: the pair is not both there
+        _mask_file(tmp_path, "one_lobe", {1: slice(0, 3)}),  # alone, on the image's left as in the real masks
+        _mask_file(tmp_path, "one_lobe_moved", {2: slice(0, 3)}),  # alone, on the left where real ones are right
+        _mask_file(tmp_path, "no_lobe", {3: slice(0, 3)}),  # not checked: no class of the pair
     ]
     found = lateral_side_agreement(real, synthetic, Orientation(lateral_pairs=((2, 1),)))
-    assert found == {"fraction": 2 / 3, "checked": 3, "kept": 2, "real_sides": [1]}  # left class on the right
-    none = lateral_side_agreement(real, synthetic[3:], Orientation(lateral_pairs=((2, 1),)))
+    assert found == {"fraction": 3 / 5, "checked": 5, "kept": 3, "real_sides": [1]}  # left class on the right
+    none = lateral_side_agreement(real, synthetic[5:], Orientation(lateral_pairs=((2, 1),)))
     assert none["checked"] == 0 and np.isnan(none["fraction"])
     quality = {"fid": 1.0, "kid": 0.1, "num_synthetic": 4, "real_only_dice": {"class_mean": SUMMARY}}
     lateral_quality = {**quality, "laterality": found}
     table = to_markdown({**RESULTS, "generator_quality": {"a": lateral_quality, "b": quality}})
-    assert "| sides kept |" in table.replace(" | MS-SSIM", " |") and "| 0.67 (2/3) |" in table
+    assert "| sides kept |" in table.replace(" | MS-SSIM", " |") and "| 0.60 (3/5) |" in table
     assert "sides kept" not in to_markdown({**RESULTS, "generator_quality": {"b": quality}})
 
 

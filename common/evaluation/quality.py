@@ -131,19 +131,26 @@ def sample_diversity(pairs: Sequence[dict], image_size: int = 64, max_pairs_per_
     return float(ms_ssim(_load_images(first, image_size), _load_images(second, image_size)).mean())
 
 
-def _side_signs(pairs: Sequence[dict], orientation: Orientation) -> np.ndarray:
-    """(N, P): +1 where a mask's left class of lateral pair p lies right of (a higher mean column than) its right
-    class, -1 where left of it, 0 where the mask does not show both."""
+def _side_signs(pairs: Sequence[dict], orientation: Orientation, lone_only: bool = True) -> np.ndarray:
+    """(N, 3 P) side signs of each mask, three per lateral pair p: [3 p] +1 where the pair's first class lies right
+    of (a higher mean column than) its second, -1 where left of it, 0 where the mask does not show both; [3 p + 1]
+    and [3 p + 2] the first and the second class (only when shown without the other if ``lone_only``): +1 right of
+    the image's centre, -1 left of it, else 0."""
     load = pair_transforms(None, keys=("label",), augment=False)
-    signs = np.zeros((len(pairs), len(orientation.lateral_pairs)), dtype=int)
+    signs = np.zeros((len(pairs), 3 * len(orientation.lateral_pairs)), dtype=int)
     for row, pair in enumerate(pairs):
         label = torch.as_tensor(load({"label": pair["label"]})["label"])[0]
         columns = torch.arange(label.shape[-1], dtype=torch.float64)
-        for col, classes in enumerate(orientation.lateral_pairs):
+        centre = (label.shape[-1] - 1) / 2
+        for index, classes in enumerate(orientation.lateral_pairs):
             masks = [(label == c).double() for c in classes]
-            if all(m.sum() > 0 for m in masks):
-                left, right = ((m * columns).sum() / m.sum() for m in masks)
-                signs[row, col] = 1 if left > right else -1
+            means = [(m * columns).sum() / m.sum() if m.sum() > 0 else None for m in masks]
+            both = None not in means
+            if both:
+                signs[row, 3 * index] = 1 if means[0] > means[1] else -1
+            for side, mean in enumerate(means):
+                if mean is not None and not (both and lone_only):
+                    signs[row, 3 * index + 1 + side] = int(np.sign(float(mean) - centre))
     return signs
 
 
@@ -152,12 +159,16 @@ def lateral_side_agreement(
 ) -> dict[str, Any]:
     """Whether synthetic masks keep the real masks' left and right.
 
-    Each lateral pair's side is the one most real masks showing both classes have; a synthetic mask showing both
-    classes of at least one such pair is checked, and keeps laterality when every pair it shows is on that side.
-    Returns ``fraction`` (of the checked masks; NaN when none is checked), ``checked``, ``kept`` and ``real_sides``
-    (per pair: +1 the left class on the image's right, -1 on its left, 0 never seen together in the real masks).
+    For each lateral pair, the side of one class against the other in masks showing both, and the side of the image's
+    centre each class lies on in masks showing it alone, are checked against the sides most real masks show (the
+    centre side from every real mask showing the class). A synthetic mask showing at least one class of a pair whose
+    real side is known is checked, and keeps laterality when every side it shows is the real one. Returns
+    ``fraction`` (of the checked masks; NaN when none is checked), ``checked``, ``kept`` and ``real_sides`` (per
+    pair: +1 its first class on the image's right of its second, -1 on its left, 0 never seen together in the real
+    masks).
     """
-    real_sides = np.sign(_side_signs(real_pairs, orientation).sum(axis=0)) if real_pairs else np.zeros(0, dtype=int)
+    real = _side_signs(real_pairs, orientation, lone_only=False)
+    real_sides = np.sign(real.sum(axis=0))
     synthetic = _side_signs(synthetic_pairs, orientation)
     known = real_sides != 0
     shown = (synthetic != 0) & known
@@ -167,5 +178,5 @@ def lateral_side_agreement(
         "fraction": float(kept.sum() / checked.sum()) if checked.any() else math.nan,
         "checked": int(checked.sum()),
         "kept": int(kept.sum()),
-        "real_sides": real_sides.astype(int).tolist(),
+        "real_sides": real_sides[0::3].astype(int).tolist(),
     }

@@ -5,7 +5,10 @@ from its seed alone: the joint latent ``cat(s_image * z_image, s_mask * z_mask)`
 loop (:class:`common.sampling.DenoisingLoop`) with classifier-free guidance of strength ``w``
 (:class:`common.sampling.ClassifierFreeDenoiser`, GAUDA: w = 3, the null condition filled with the value dropped in
 training), split, unscaled and decoded; the image is clamped to [0, 1] and the label is the argmax over the mask
-decoder's K channels.
+decoder's K channels. With ``asked_classes_only`` (the default) that argmax runs over background and the job's class
+set only: the diffusion model sometimes gives part of a structure the label of a class that was not asked for (e.g. a
+lone lobe's edge the other lobe's label, a nerve the lobe's), and the decoder's next choice among the asked classes is
+the label the condition promises.
 
 :func:`load_generator` builds it from the bundle's ``inference.json`` (id ``generator``), whose networks, noise
 schedule, prediction type, latent scales and null condition come from the checkpoints' cards.
@@ -44,6 +47,8 @@ class JointLatentGenerator:
         latent_size: spatial size (h, w) of the latents.
         num_classes: K, classes incl. background (length of the condition vector and mask decoder channels).
         eta: DDIM noise weight.
+        asked_classes_only: label each pixel with background or a class of its job's class set (see the module
+            docstring); False gives the plain argmax over all K channels.
         progress: tqdm bar over the steps.
     """
 
@@ -63,6 +68,7 @@ class JointLatentGenerator:
         latent_size: Sequence[int],
         num_classes: int,
         eta: float = 0.0,
+        asked_classes_only: bool = True,
         progress: bool = False,
     ) -> None:
         self.image_autoencoder = image_autoencoder.eval()
@@ -77,6 +83,7 @@ class JointLatentGenerator:
         self.mask_channels = int(mask_channels)
         self.latent_size = tuple(int(s) for s in latent_size)
         self.num_classes = int(num_classes)
+        self.asked_classes_only = bool(asked_classes_only)
         self.device = next(network.parameters()).device
 
     @torch.no_grad()
@@ -92,6 +99,10 @@ class JointLatentGenerator:
         image_latent, mask_latent = split_joint_latent(latents, self.image_channels)
         images = self.image_autoencoder.decode_stage_2_outputs(image_latent / self.image_scale).clamp(0.0, 1.0)
         logits = self.mask_autoencoder.decode_stage_2_outputs(mask_latent / self.mask_scale)
+        if self.asked_classes_only:
+            asked = context[:, 0] > 0
+            asked[:, 0] = True
+            logits = logits.masked_fill(~asked[:, :, None, None], float("-inf"))
         return images, logits.argmax(dim=1, keepdim=True)
 
 
