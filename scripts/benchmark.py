@@ -11,7 +11,15 @@ first trained with its ``smoke_knobs`` (a few iterations) in a temporary folder:
 weights learned. Reports pairs per second, network evaluations per sample (NFE: rows the diffusion network saw per
 pair, so classifier-free guidance counts twice per step) and peak memory (CUDA: allocated; CPU: the process's maximum
 resident size so far, which never decreases within one run). A one-iteration run first takes the process's one-off
-costs, so no timed run pays them. Everything runs on the embedded phantoms.
+costs, so no timed run pays them. Everything runs on the embedded phantoms, unless ``--fid_data`` names the data set
+a trained generator learnt from: then each setting's timed images are also scored by FID and KID against that data
+set's training images, in the bottleneck features of ``--fid_segmenter`` (a segmenter of the real data, e.g. the
+filter's ``<out>/models/model_segmenter.pt``; nothing is downloaded). Every setting draws the same seeds, so the
+scores compare samplers on the same noise.
+
+    M=outputs/diffuseexpand/usgra_nerve_vessel_n10_s0/models
+    python -m scripts.benchmark diffuseexpand --generator $M --batch_size 64 \
+        --fid_data ../shared/data/usgra_nerve_vessel --fid_segmenter $M/model_segmenter.pt
 """
 
 from __future__ import annotations
@@ -21,15 +29,17 @@ import os
 import resource
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
 
 from common.bundles import Bundle, method_bundle
+from common.checkpoints import load_network
 from common.data import load_splits
 from common.evaluation.arms import scheme_arms
+from common.evaluation.quality import image_feature_distances, load_images
 from common.evaluation.runs import train_segmenter
 from common.generation import GenerationRun
 from common.stages import add_bundle_to_path, run_workflow
@@ -63,10 +73,34 @@ def _generator_and_run(bundle: Bundle, models: str, knobs: Mapping[str, Any]) ->
     return run.generator, run
 
 
+def image_scorer(data: str, segmenter: str) -> Callable[[torch.Tensor], dict]:
+    """Scores generated images (B, 1, H, W) in [0, 1]: FID and KID against the training images of ``data`` (at the
+    generated size), in the bottleneck features of ``segmenter``."""
+    network = load_network(segmenter)
+    real_pairs = load_splits(data)["train"]
+    real_by_size: dict[int, torch.Tensor] = {}
+
+    def score(images: torch.Tensor) -> dict:
+        size = int(images.shape[-1])
+        if size not in real_by_size:
+            real_by_size[size] = load_images(real_pairs, size)
+        distances = image_feature_distances(network, real_by_size[size], images.float().cpu())
+        return {**distances, "num_real": len(real_pairs), "num_generated": len(images)}
+
+    return score
+
+
 def generator_row(
-    bundle: Bundle, models: str, name: str, knobs: Mapping[str, Any], batch_size: int, repeats: int
+    bundle: Bundle,
+    models: str,
+    name: str,
+    knobs: Mapping[str, Any],
+    batch_size: int,
+    repeats: int,
+    score: Callable[[torch.Tensor], dict] | None = None,
 ) -> dict:
-    """Pairs per second of the bundle's generator at one setting, NFE counted by a hook on its network."""
+    """Pairs per second of the bundle's generator at one setting, NFE counted by a hook on its network; with
+    ``score``, also its scores of the timed images."""
     generator, run = _generator_and_run(bundle, models, knobs)
     jobs = [run.jobs[i % len(run.jobs)] for i in range(batch_size)]
     batch = run.job_batch(jobs)
@@ -82,12 +116,12 @@ def generator_row(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    for _ in range(repeats):
-        generator(batch)
+    images = [generator(batch)[0] for _ in range(repeats)]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     hook.remove()
+    scores = score(torch.cat(images)) if score else {}
     return {
         "method": bundle.name,
         "setting": name,
@@ -99,6 +133,7 @@ def generator_row(
         "peak_memory_mb": _peak_memory_mb(device),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        **scores,
     }
 
 
@@ -138,6 +173,8 @@ def benchmark(
     knobs: dict | None = None,
     scheme_knobs: dict | None = None,
     settings: Sequence[str] | None = None,
+    fid_data: str | None = None,
+    fid_segmenter: str | None = None,
 ) -> list[dict]:
     """Measure ``method``'s generator at each setting of its bundle's ``benchmark`` list (``knobs`` apply to all;
     ``settings`` picks some by name) and, with ``iterations > 0``, the training time of its ``benchmark_schemes``;
@@ -154,14 +191,22 @@ def benchmark(
         knobs: generator config ids applied to every setting, e.g. ``"{'num_inference_steps': 20}"``.
         scheme_knobs: config ids of the scheme runs (network sizes, ensemble size, ...).
         settings: the names of the declared settings to time (default all), e.g. ``"['DDIM 50']"``.
+        fid_data: with ``generator`` and ``fid_segmenter``, the data set the generator learnt from: each setting's
+            timed images get FID and KID against its training images (repeats of one batch count once per repeat).
+        fid_segmenter: a segmenter checkpoint of that data set whose bottleneck is the feature space.
     """
+    if (fid_data is None) != (fid_segmenter is None) or (fid_data and not generator):
+        raise ValueError("FID needs all three: --generator (trained), --fid_data and --fid_segmenter")
     bundle = method_bundle(method)
     declared = bundle.evaluation.get("benchmark", [{"name": "default", "knobs": {}}])
     chosen = [entry for entry in declared if settings is None or entry["name"] in settings]
     with tempfile.TemporaryDirectory(prefix=f"benchmark_{method}_") as scratch:
         models = generator or _smoke_trained(bundle, scratch)
+        score = image_scorer(fid_data, fid_segmenter) if fid_data else None
         rows = [
-            generator_row(bundle, models, entry["name"], {**entry["knobs"], **(knobs or {})}, batch_size, repeats)
+            generator_row(
+                bundle, models, entry["name"], {**entry["knobs"], **(knobs or {})}, batch_size, repeats, score
+            )
             for entry in chosen
         ]
         for row in rows:

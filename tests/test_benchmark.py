@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_networks import tiny_training_knobs
+from tiny_networks import tiny_checkpoint, tiny_training_knobs
 
 from common.bundles import Bundle, find_methods
 from common.checkpoints import read_card
+from common.data import load_splits, phantom_dataset
+from common.evaluation.quality import load_images
 from common.stages import run_workflow
 from scripts import benchmark
 
@@ -72,3 +74,46 @@ def test_gauda_online_scheme_is_timed_against_its_baseline_at_equal_iterations(t
     assert (baseline["scheme"], gauda["scheme"]) == ("gauda: baseline", "gauda: gauda")
     assert baseline["iterations"] == gauda["iterations"] == 4
     assert baseline["seconds"] > 0 and gauda["seconds"] > 0 and gauda["reference"] == "gauda: baseline"
+
+
+SEGMENTER = {  # a MONAI UNet as the segmentation bundle builds it, narrow: the feature space of the FID
+    "_target_": "monai.networks.nets.UNet",
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "out_channels": 5,
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 0,
+}
+
+
+def test_fid_of_the_real_images_is_zero_and_grows_as_the_images_move_away(tmp_path):
+    data = phantom_dataset(tmp_path / "data", image_size=32, num_images=40)
+    score = benchmark.image_scorer(data, tiny_checkpoint(str(tmp_path / "seg.pt"), SEGMENTER))
+    real = load_images(load_splits(data)["train"], 32)
+    same = score(real)
+    assert same["num_real"] == same["num_generated"] == len(real) == len(load_splits(data)["train"])
+    noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(0))
+    slightly, very = score(real + 0.05 * noise), score(real + 0.5 * noise)  # (instance norm ignores a rescale)
+    assert abs(same["fid"]) < 1e-3 * slightly["fid"] and slightly["fid"] < very["fid"] and same["kid"] < very["kid"]
+    assert score(real[:, :, :16, :16])["num_real"] == len(real)  # real images are read at the generated size
+
+
+def test_fid_scores_every_setting_on_the_same_seeds_and_needs_all_three_inputs(tmp_path):
+    bundle = find_methods()["diffuseexpand"]
+    models = tiny_trained(bundle, tmp_path)
+    data = phantom_dataset(tmp_path / "data", image_size=32, num_images=20)
+    segmenter = tiny_checkpoint(str(tmp_path / "seg.pt"), SEGMENTER)
+    names = ["DPM-Solver++ 10 steps", "DPM-Solver++ 20 steps"]
+    rows = benchmark.benchmark(
+        "diffuseexpand", models, batch_size=3, repeats=2, settings=names, fid_data=data, fid_segmenter=segmenter
+    )
+    assert [row["setting"] for row in rows] == names
+    for row in rows:
+        assert row["num_generated"] == 6 and row["num_real"] == len(load_splits(data)["train"])
+        assert row["fid"] > 0 and row["kid"] == row["kid"]
+    assert rows[0]["fid"] != rows[1]["fid"]  # the same noise, another sampler: other images
+    with pytest.raises(ValueError, match="all three"):
+        benchmark.benchmark("diffuseexpand", models, fid_data=data)
+    with pytest.raises(ValueError, match="all three"):
+        benchmark.benchmark("diffuseexpand", fid_data=data, fid_segmenter=segmenter)

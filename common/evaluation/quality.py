@@ -29,7 +29,9 @@ from common.networks import DeepEnsemble
 
 __all__ = [
     "class_condition_agreement",
+    "image_feature_distances",
     "lateral_side_agreement",
+    "load_images",
     "sample_diversity",
     "synthetic_feature_distances",
     "unet_bottleneck_features",
@@ -66,7 +68,8 @@ def unet_bottleneck_features(network: torch.nn.Module, images: torch.Tensor) -> 
         handle.remove()
 
 
-def _load_images(pairs: Sequence[dict], image_size: int) -> torch.Tensor:
+def load_images(pairs: Sequence[dict], image_size: int) -> torch.Tensor:
+    """The images of ``pairs`` as the segmenters see them: (N, 1, image_size, image_size) in [0, 1]."""
     load = pair_transforms(image_size, keys=("image",), augment=False)
     return torch.stack([torch.as_tensor(load({"image": p["image"]})["image"]) for p in pairs])
 
@@ -79,13 +82,22 @@ def synthetic_feature_distances(
     result = {"num_real": len(real_pairs), "num_synthetic": len(synthetic_pairs)}
     if min(len(real_pairs), len(synthetic_pairs)) < 2:
         return {**result, "fid": math.nan, "kid": math.nan, "note": "FID/KID need at least two images per set"}
-    device = next(network.parameters()).device
-    real = unet_bottleneck_features(network, _load_images(real_pairs, image_size).to(device))
-    fake = unet_bottleneck_features(network, _load_images(synthetic_pairs, image_size).to(device))
     return {
         **result,
-        "fid": float(FIDMetric()(fake.double(), real.double())),
-        "kid": float(kernel_inception_distance(real, fake)),
+        **image_feature_distances(
+            network, load_images(real_pairs, image_size), load_images(synthetic_pairs, image_size)
+        ),
+    }
+
+
+def image_feature_distances(network: torch.nn.Module, real: torch.Tensor, synthetic: torch.Tensor) -> dict[str, float]:
+    """FID and KID between two batches of images (N, 1, H, W) in [0, 1] in the bottleneck space of ``network``."""
+    device = next(network.parameters()).device
+    real_features = unet_bottleneck_features(network, real.to(device))
+    synthetic_features = unet_bottleneck_features(network, synthetic.to(device))
+    return {
+        "fid": float(FIDMetric()(synthetic_features.double(), real_features.double())),
+        "kid": float(kernel_inception_distance(real_features, synthetic_features)),
     }
 
 
@@ -128,7 +140,7 @@ def sample_diversity(pairs: Sequence[dict], image_size: int = 64, max_pairs_per_
             second.append(b)
     if not first:
         return math.nan
-    return float(ms_ssim(_load_images(first, image_size), _load_images(second, image_size)).mean())
+    return float(ms_ssim(load_images(first, image_size), load_images(second, image_size)).mean())
 
 
 def _side_signs(pairs: Sequence[dict], orientation: Orientation, lone_only: bool = True) -> np.ndarray:
