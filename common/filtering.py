@@ -224,10 +224,12 @@ class DiceFilter:
     def apply(self, writer: SyntheticDatasetWriter, names: Sequence[str], planned: int) -> None:
         undecided = [name for name in names if writer.entry(name)["status"] != RELABELLED]
         counts = {KEPT: 0, RELABELLED: 0, DROPPED: 0}
+        scored = []
         for batch, labels, probabilities in predict_written_pairs(
             writer, undecided, self.segmenter, self.image_size, self.batch_size
         ):
             losses = self.losses(probabilities, labels).cpu()
+            scored.append(losses)
             predictions = probabilities.argmax(dim=1, keepdim=True).cpu()
             for index, (name, decision) in enumerate(zip(batch, dice_keep_relabel_drop(losses, self.eta), strict=True)):
                 counts[decision] += 1
@@ -237,7 +239,9 @@ class DiceFilter:
                 writer.set_score(name, float(losses[index]))
                 if decision == RELABELLED:
                     writer.relabel(name, predictions[index])
+        quartiles = torch.quantile(torch.cat(scored), torch.tensor([0.0, 0.25, 0.5, 0.75])).tolist() if scored else []
         logger.info(
             f"Dice filter (eta {self.eta}): {counts[KEPT]} kept, {counts[RELABELLED]} relabelled, "
-            f"{counts[DROPPED]} dropped of {len(undecided)} scored"
+            f"{counts[DROPPED]} dropped of {len(undecided)} scored; their Dice losses: min, quartiles "
+            + ", ".join(f"{q:.3f}" for q in quartiles)
         )

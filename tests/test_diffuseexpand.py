@@ -135,6 +135,26 @@ def test_generator_makes_pairs_that_depend_on_their_seed_alone_and_on_the_guidan
         DiffuseExpandGenerator(network, segmenter, DDPMScheduler(1000, prediction_type="v_prediction"), 3, SIZE)
 
 
+def test_the_mask_step_runs_its_own_scheduler_and_steps():
+    network, segmenter = tiny_networks()
+    calls = {MASK_MODE: 0, IMAGE_MODE: 0}
+
+    def count(module, args, kwargs):
+        modes = kwargs["class_labels"]
+        calls[int(modes[0])] += 1
+
+    hook = network.register_forward_pre_hook(count, with_kwargs=True)
+    generator = DiffuseExpandGenerator(
+        network, segmenter, DPMSolverMultistepScheduler(1000), 3, SIZE, num_inference_steps=4,
+        mask_scheduler=DDPMScheduler(50, clip_sample=True), mask_inference_steps=50,
+    )  # fmt: skip
+    _, labels = generator(JobBatch(seeds=[1, 2]))
+    hook.remove()
+    assert calls == {MASK_MODE: 50, IMAGE_MODE: 4} and labels.shape == (2, 1, SIZE, SIZE)
+    same = DiffuseExpandGenerator(network, segmenter, DPMSolverMultistepScheduler(1000), 3, SIZE, num_inference_steps=4)
+    assert same.mask_scheduler is same.scheduler and same.mask_loop.num_inference_steps == 4
+
+
 TINY = {
     "ddpm_iterations": 60,
     "segmenter_iterations": 40,

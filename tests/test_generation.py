@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -142,7 +143,8 @@ class Fixed(torch.nn.Module):
         return self.logits.expand(images.shape[0], -1, -1, -1)
 
 
-def test_the_dice_filter_keeps_relabels_and_drops_by_the_dice_loss(tmp_path):
+def test_the_dice_filter_keeps_relabels_and_drops_by_the_dice_loss(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="common.filtering")
     """The generator writes a 8x8 square of class 1; the segmenter predicts a 8x8, an 8x7 and a 4x4 square: Dice loss
     0, 1 - 112/120 = 0.067 and 1 - 32/80 = 0.6 with eta 0.05 -> kept, relabelled (to the prediction), dropped."""
     prediction = {}
@@ -158,6 +160,7 @@ def test_the_dice_filter_keeps_relabels_and_drops_by_the_dice_loss(tmp_path):
         )
         if name == "drop":
             assert datalist["training"] == [] and datalist["dropped"] == 1
+            assert "0 kept, 0 relabelled, 1 dropped of 1 scored; their Dice losses: min, quartiles 0.600" in caplog.text
             continue
         (entry,) = datalist["training"]
         assert entry["status"] == ("kept" if name == "keep" else "relabelled")

@@ -8,8 +8,10 @@
    ``tau`` in place of the scale ``s``: ``scale = 1, temperature = tau``; the classic form is ``temperature = 1``,
    ``scale = s``).
 
-Each pair's noise comes from its own seed, for both steps. The scheduler is any of the project's (DPM-Solver++ by
-default, :mod:`common.sampling.dpm_solver`); classifier guidance needs an epsilon-predicting network.
+Each pair's noise comes from its own seed, for both steps. The schedulers are any of the project's (the image step's
+DPM-Solver++ by default, :mod:`common.sampling.dpm_solver`); the mask step may have its own (``mask_scheduler``, the
+bundle's default is the stochastic DDPM over every training step: on the quick models the deterministic solvers leave
+masks with noisy foreground, see the bundle's docs). Classifier guidance needs an epsilon-predicting network.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class DiffuseExpandGenerator:
         segmenter: the stage II :class:`NoiseAwareSegmenter`; None samples without classifier guidance (``scale``
             and ``mode_scale`` must then be 0), e.g. the pictures of stage I's training.
         scheduler: the sampling scheduler on the training noise schedule (epsilon prediction).
+        mask_scheduler, mask_inference_steps: the mask step's scheduler and steps (default: ``scheduler`` and
+            ``num_inference_steps``).
         num_classes: classes of the masks, background included.
         image_size: (H, W) of the samples.
         num_inference_steps: steps of each of the two chains.
@@ -58,9 +62,12 @@ class DiffuseExpandGenerator:
         scale: float = 1.0,
         temperature: float = 1.0,
         mode_scale: float = 1.0,
+        mask_scheduler: Scheduler | None = None,
+        mask_inference_steps: int | None = None,
         progress: bool = False,
     ) -> None:
-        if getattr(scheduler, "prediction_type", "epsilon") != "epsilon":
+        mask_scheduler = mask_scheduler or scheduler
+        if any(getattr(s, "prediction_type", "epsilon") != "epsilon" for s in (scheduler, mask_scheduler)):
             raise ValueError("classifier guidance needs an epsilon-predicting network (prediction_type 'epsilon')")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -71,7 +78,9 @@ class DiffuseExpandGenerator:
         self.scheduler = scheduler
         self.encoding = PairEncoding(num_classes)
         self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        self.mask_loop = DenoisingLoop(scheduler, num_inference_steps, progress=progress, description="masks")
+        self.mask_scheduler = mask_scheduler
+        mask_steps = mask_inference_steps or num_inference_steps
+        self.mask_loop = DenoisingLoop(mask_scheduler, mask_steps, progress=progress, description="masks")
         self.image_loop = DenoisingLoop(scheduler, num_inference_steps, progress=progress, description="images")
         self.guidance, self.scale, self.temperature, self.mode_scale = guidance, scale, temperature, mode_scale
 
@@ -88,7 +97,7 @@ class DiffuseExpandGenerator:
             unguided,
             lambda x, t: self.segmenter.mode_log_likelihood(x, t, image=False),
             self.mode_scale,
-            self.scheduler.alphas_cumprod,
+            self.mask_scheduler.alphas_cumprod,
         )
         return self.encoding.decode_mask(self.mask_loop(denoiser, generators, shape))
 
