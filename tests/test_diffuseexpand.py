@@ -135,7 +135,7 @@ def test_generator_makes_pairs_that_depend_on_their_seed_alone_and_on_the_guidan
         DiffuseExpandGenerator(network, segmenter, DDPMScheduler(1000, prediction_type="v_prediction"), 3, SIZE)
 
 
-def test_the_mask_step_runs_its_own_scheduler_and_steps():
+def test_the_mask_step_runs_its_own_scheduler_and_steps_and_a_given_mask_skips_it():
     network, segmenter = tiny_networks()
     calls = {MASK_MODE: 0, IMAGE_MODE: 0}
 
@@ -153,6 +153,13 @@ def test_the_mask_step_runs_its_own_scheduler_and_steps():
     assert calls == {MASK_MODE: 50, IMAGE_MODE: 4} and labels.shape == (2, 1, SIZE, SIZE)
     same = DiffuseExpandGenerator(network, segmenter, DPMSolverMultistepScheduler(1000), 3, SIZE, num_inference_steps=4)
     assert same.mask_scheduler is same.scheduler and same.mask_loop.num_inference_steps == 4
+    given = torch.zeros(2, 1, SIZE, SIZE, dtype=torch.long)
+    given[:, :, 2:6, 3:9] = 2
+    calls.update({MASK_MODE: 0, IMAGE_MODE: 0})
+    hook = network.register_forward_pre_hook(count, with_kwargs=True)
+    images, kept = generator(JobBatch(seeds=[1, 2], labels=given))  # a mask given: the image step alone
+    hook.remove()
+    assert calls == {MASK_MODE: 0, IMAGE_MODE: 4} and torch.equal(kept, given) and images.shape == given.shape
 
 
 TINY = {

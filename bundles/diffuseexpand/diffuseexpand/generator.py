@@ -8,10 +8,11 @@
    ``tau`` in place of the scale ``s``: ``scale = 1, temperature = tau``; the classic form is ``temperature = 1``,
    ``scale = s``).
 
-Each pair's noise comes from its own seed, for both steps. The schedulers are any of the project's (the image step's
-DPM-Solver++ by default, :mod:`common.sampling.dpm_solver`); the mask step may have its own (``mask_scheduler``, the
-bundle's default is the stochastic DDPM over every training step: on the quick models the deterministic solvers leave
-masks with noisy foreground, see the bundle's docs). Classifier guidance needs an epsilon-predicting network.
+Jobs that bring a label map (:func:`common.generation.jobs_from_label_maps`) skip step 1: the image is made for that
+mask. Each pair's noise comes from its own seed, for both steps. The schedulers are any of the project's (the image
+step's DPM-Solver++ by default, :mod:`common.sampling.dpm_solver`); the mask step may have its own (``mask_scheduler``;
+the bundle's default is the stochastic DDPM over every training step: on the quick models the deterministic solvers
+leave masks with noisy foreground, see the bundle's docs). Classifier guidance needs an epsilon-predicting network.
 """
 
 from __future__ import annotations
@@ -120,5 +121,5 @@ class DiffuseExpandGenerator:
     def __call__(self, batch: JobBatch) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.network.parameters()).device
         generators = [torch.Generator(device=device).manual_seed(int(s)) for s in batch.seeds]
-        labels = self.masks(generators)
+        labels = self.masks(generators) if batch.labels is None else batch.labels.long()
         return self.images(labels, generators), labels
