@@ -46,6 +46,12 @@ def _needs_segmenter(inference_config: str) -> bool:
     return "segmenter_ckpt" in parser
 
 
+def _bundle_image_size(train_config: str) -> int:
+    parser = ConfigParser()
+    parser.read_config(train_config)
+    return int(parser["image_size"])
+
+
 def train_filter_segmenter(models: str, shared: dict[str, Any], knobs: dict[str, Any], retrain: bool) -> str:
     """Train ``bundles/segmentation`` on the run's labelled pairs (reused when its settings match); returns its
     checkpoint, ``<models>/model_segmenter.pt``."""
@@ -73,7 +79,7 @@ def augment(
     data: str | None = None,
     labelled: int | None = None,
     seed: int = 0,
-    image_size: int = 64,
+    image_size: int | None = None,
     out: str | None = None,
     profile: str = "quick",
     retrain: bool = False,
@@ -89,7 +95,8 @@ def augment(
         data: a data set folder or datalist JSON; default the embedded phantoms.
         labelled: use only a seeded subset of this many labelled training pairs (the same subset as scripts.evaluate).
         seed: seeds the split, the training and the sampling.
-        image_size: images are resized to this square size for every stage (the papers work at 256 px).
+        image_size: images are resized to this square size for every stage (the papers work at 256 px); default the
+            bundle's own (``image_size`` of its ``train.json``: 64 px, DiffuseExpand's pixel-space DDPM 32 px).
         out: output folder (models/ and synthetic/ inside); default ``outputs/<method>/<data>_n<N>_s<seed>``.
         profile: "quick" (CPU, minutes) or "paper" (the paper's sizes, for a GPU).
         retrain: train every stage again even when its checkpoint exists.
@@ -103,6 +110,7 @@ def augment(
     out = out or default_output_dir(method, data, labelled, seed)
     models = os.path.join(out, "models")
     inference = bundle.config("inference")
+    image_size = image_size or _bundle_image_size(bundle.config("train"))
     needs_segmenter = _needs_segmenter(inference) and "segmenter_ckpt" not in knobs
     # every problem of the data and of the settings before the first stage trains
     val_fraction = dict(segmenter_knobs or {}).get("val_fraction", SEGMENTER_VAL_FRACTION) if needs_segmenter else 0.0

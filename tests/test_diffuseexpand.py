@@ -279,19 +279,22 @@ def test_augment_and_evaluate_take_diffuseexpand_as_any_method(tmp_path):
     datalist = augment(
         "diffuseexpand",
         data=data,
-        labelled=6,
-        image_size=32,
+        labelled=6,  # no image_size: the bundle's own, 32 px
         out=str(tmp_path / "run"),
         train_knobs={**TINY, "ddpm_iterations": 2, "segmenter_iterations": 2},
         segmenter_knobs={"max_iterations": 4, "val_interval": 2, "num_workers": 0, "channels": [8, 16, 32, 64]},
         num_pairs=4,
         num_inference_steps=2,
+        mask_sampler="dpm_solver",
+        mask_inference_steps=2,
         eta=10.0,  # an untrained filter segmenter: keep everything, so the evaluation has pairs to add
         progress=False,
     )
     written = json.loads(Path(datalist).read_text())
     assert written["method"] == "diffuseexpand" and len(written["training"]) == 4
     assert all(entry["status"] == "kept" for entry in written["training"])
+    assert written["config"]["image_size"] == 32
+    assert Image.open(Path(datalist).parent / written["training"][0]["label"]).size == (32, 32)
     assert (tmp_path / "run" / "models" / "model_segmenter.pt").is_file()  # the filter's segmenter was trained
     results = evaluate(
         data=data, labelled=6, image_size=32, synthetic=[datalist], seeds=2, iterations=2, val_interval=2,
