@@ -6,11 +6,13 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
 from monai.data import load_decathlon_datalist
 from monai.networks.nets import UNet
 from phantom_pairs import load_pair
+from PIL import Image
 
 from common.filtering import ConfidenceFilter, DiceFilter
 from common.generation import (
@@ -167,6 +169,28 @@ def test_the_dice_filter_keeps_relabels_and_drops_by_the_dice_loss(tmp_path, cap
         assert entry["score"] == pytest.approx(0.0 if name == "keep" else 1 - 112 / 120, abs=1e-4)
         written = load({"image": os.path.join(out, entry["image"]), "label": os.path.join(out, entry["label"])})
         assert int((written["label"] == 1).sum()) == (64 if name == "keep" else 56)
+
+
+def test_the_dice_filter_sets_eta_to_the_median_loss_on_real_pairs_when_asked(tmp_path):
+    """The segmenter predicts an 8x7 square; real masks of 8x7, 8x5 and 4x4 squares give Dice losses 0, 1 - 80/96 and
+    1 - 32/72: eta = 1/6. The synthetic 8x8 square (loss 1 - 112/120 = 0.067) is kept, where the paper's 0.065
+    would relabel it."""
+    logits = torch.full((1, NUM_CLASSES, SIZE, SIZE), -20.0)
+    logits[:, 0] = 20.0
+    logits[:, 1, 8:16, 8:15], logits[:, 0, 8:16, 8:15] = 20.0, -20.0
+    real = []
+    for rows, cols in ((8, 7), (8, 5), (4, 4)):
+        label = np.zeros((SIZE, SIZE), dtype=np.uint8)
+        label[8 : 8 + rows, 8 : 8 + cols] = 1
+        path = str(tmp_path / f"real_{rows}x{cols}.png")
+        Image.fromarray(label).save(path)
+        real.append({"image": path, "label": path})
+    dice_filter = DiceFilter(Fixed(logits), eta=None, image_size=SIZE, reference_pairs=real)
+    (entry,) = read(run(jobs_from_noise(1, 0), tmp_path / "out", pair_filter=dice_filter))["training"]
+    assert dice_filter.eta == pytest.approx(1 - 80 / 96, abs=1e-4)
+    assert entry["status"] == "kept" and entry["score"] == pytest.approx(1 - 112 / 120, abs=1e-4)
+    with pytest.raises(ValueError, match="reference pairs"):
+        DiceFilter(Fixed(logits), eta=None)
 
 
 class Interrupt(Exception):
