@@ -14,7 +14,7 @@ from diffuseexpand.generator import DiffuseExpandGenerator
 from diffuseexpand.items import RandModeItemd
 from diffuseexpand.segmenter import NoiseAwareSegmenter, NoiseAwareSegmenterLoss, NoisySamplesPrepareBatch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.handlers import from_engine
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDPMScheduler
@@ -26,7 +26,7 @@ from common.checkpoints import load_matching_weights, read_card
 from common.data import phantom_dataset
 from common.generation import JobBatch
 from common.sampling.dpm_solver import DPMSolverMultistepScheduler
-from common.stages import run_workflow
+from common.stages import profile_files, run_workflow
 from scripts.augment import augment
 from scripts.evaluate import evaluate
 
@@ -303,3 +303,24 @@ def test_augment_and_evaluate_take_diffuseexpand_as_any_method(tmp_path):
     name = "diffuseexpand (run)"
     assert {f"real + {name}", f"real + classic aug + {name} control: extra real copies"} <= set(results["arms"])
     assert results["generator_quality"][name]["num_synthetic"] == 4
+
+
+def test_paper_profile_is_the_guided_diffusion_256_network_and_the_paper_s_sampling():
+    configs = find_methods()["diffuseexpand"].root / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / f) for f in ("train_ddpm.json", "train_noise_segmenter.json", "paper.json")])
+    with torch.device("meta"):  # shapes only: the 526 M weights are never allocated
+        network = parser.get_parsed_content("network_def")()
+        segmenter = parser.get_parsed_content("segmenter_def")()
+        sample = torch.zeros(1, network.in_channels // 2, 256, 256)
+        out = network(
+            torch.cat([sample, sample], 1),
+            torch.zeros(1, dtype=torch.long),
+            class_labels=torch.zeros(1, dtype=torch.long),
+        )
+        assert out.shape == sample.shape
+        assert segmenter(sample, torch.zeros(1, dtype=torch.long))[0].shape[-2:] == (256, 256)
+    assert 4e8 < sum(p.numel() for p in network.parameters()) < 7e8  # guided-diffusion 256 px: about 550 M
+    sampling = ConfigParser()
+    sampling.read_config([str(configs / "inference.json"), *profile_files(str(configs.parent), "paper", "inference")])
+    assert [sampling[k] for k in ("sampler", "mask_sampler", "eta")] == ["dpm_solver", "dpm_solver", 0.065]
