@@ -191,8 +191,9 @@ def benchmark(
         knobs: generator config ids applied to every setting, e.g. ``"{'num_inference_steps': 20}"``.
         scheme_knobs: config ids of the scheme runs (network sizes, ensemble size, ...).
         settings: the names of the declared settings to time (default all), e.g. ``"['DDIM 50']"``.
-        fid_data: with ``generator`` and ``fid_segmenter``, the data set the generator learnt from: each setting's
-            timed images get FID and KID against its training images (repeats of one batch count once per repeat).
+        fid_data: with ``generator`` and ``fid_segmenter``, the data set the generator learnt from (its classes
+            configure the generator): each setting's timed images get FID and KID against its training images
+            (repeats of one batch count once per repeat).
         fid_segmenter: a segmenter checkpoint of that data set whose bottleneck is the feature space.
     """
     if (fid_data is None) != (fid_segmenter is None) or (fid_data and not generator):
@@ -203,9 +204,10 @@ def benchmark(
     with tempfile.TemporaryDirectory(prefix=f"benchmark_{method}_") as scratch:
         models = generator or _smoke_trained(bundle, scratch)
         score = image_scorer(fid_data, fid_segmenter) if fid_data else None
+        data = {"dataset_dir": fid_data} if fid_data else {}  # the generator's classes are that data set's
         rows = [
             generator_row(
-                bundle, models, entry["name"], {**entry["knobs"], **(knobs or {})}, batch_size, repeats, score
+                bundle, models, entry["name"], {**data, **entry["knobs"], **(knobs or {})}, batch_size, repeats, score
             )
             for entry in chosen
         ]
