@@ -74,6 +74,30 @@ def test_leakage_names_every_offending_pair(tmp_path):
     assert "ok.png" not in message
 
 
+def _set(folder, entries, generator_labels):
+    folder.mkdir(parents=True, exist_ok=True)
+    content = {"method": "diffuseexpand", "config": {"generator_labels": generator_labels}, "training": entries}
+    (folder / "datalist.json").write_text(json.dumps({**content, "dropped": 0}))
+    return str(folder / "datalist.json")
+
+
+def test_images_made_for_another_set_s_masks_inherit_its_provenance(tmp_path):
+    labelled = [{"image": str(tmp_path / "a.png"), "label": str(tmp_path / "a_mask.png")}]
+    test = [{"image": str(tmp_path / "t.png"), "label": str(tmp_path / "t_mask.png")}]
+    _set(tmp_path / "masks_set", [_entry("n0", None, None)], [labelled[0]["label"]])
+    made = str(tmp_path / "masks_set" / "masks" / "n0.png")
+    images = _set(tmp_path / "images_set", [_entry("n0_s0", None, made)], [labelled[0]["label"]])
+    check_provenance(images, labelled, test)  # the masks' set was trained on the labelled subset: accepted
+    _set(tmp_path / "masks_set", [_entry("n0", None, None)], [str(tmp_path / "b_mask.png")])
+    with pytest.raises(LeakageError, match="(?s)come from the synthetic set .*masks_set.*b_mask.png"):
+        check_provenance(images, labelled, test)  # ... and refused once that set leaks
+    unlisted = str(tmp_path / "masks_set" / "masks" / "other.png")
+    own = _set(tmp_path / "loop", [_entry("x", None, str(tmp_path / "loop" / "masks" / "x.png"))], [])
+    for path, mask in ((_set(tmp_path / "d", [_entry("y", None, unlisted)], []), unlisted), (own, "x.png")):
+        with pytest.raises(LeakageError, match=f"its mask .*{mask} is not in the labelled subset"):
+            check_provenance(path, labelled, test)  # a mask no other set wrote, or the set's own
+
+
 def test_control_keeps_the_region_and_replaces_the_rest():
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 16, 16)

@@ -50,18 +50,41 @@ def load_synthetic_pairs(datalist_path: str) -> list[dict]:
     ]
 
 
+def _synthetic_set_writing(mask: str) -> str | None:
+    """The datalist of the synthetic set whose pairs list ``mask`` (``<set>/masks/<name>.png`` beside
+    ``<set>/datalist.json``), or None."""
+    datalist = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(mask))), "datalist.json")
+    if not os.path.isfile(datalist):
+        return None
+    try:
+        labels = {os.path.realpath(entry["label"]) for entry in load_synthetic_pairs(datalist)}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return datalist if os.path.realpath(mask) in labels else None
+
+
 def check_provenance(
     datalist_path: str, labelled: Sequence[dict], test: Sequence[dict], real_masks: Sequence[str] = ()
 ) -> None:
     """Refuse a synthetic set whose pairs use a test-split file (as their own file, a byte-for-byte copy of a test
     image, or as a source) or a real mask outside ``labelled`` (``real_masks``: every real mask of the data set),
     naming every offending pair. (Masks are compared by path only: an empty synthetic mask may equal an empty test
-    mask byte for byte without any leak.)"""
+    mask byte for byte without any leak.) A source mask written by another synthetic set (images made for generated
+    masks, e.g. DiffuseExpand's ``label_maps``) is allowed when that set passes this check itself."""
+    _check_set(datalist_path, labelled, test, real_masks, (os.path.realpath(datalist_path),))
+
+
+def _check_set(
+    datalist_path: str, labelled: Sequence[dict], test: Sequence[dict], real_masks: Sequence[str], chain: tuple
+) -> None:
+    """:func:`check_provenance` of one set of a chain of sets made from each other's masks (``chain``: their real
+    paths, this one last)."""
     allowed_labels = {os.path.realpath(p["label"]) for p in labelled}
     test_files = {os.path.realpath(p[k]) for p in test for k in ("image", "label") if k in p}
     test_images = {file_digest(p["image"]): p["image"] for p in test if os.path.isfile(p["image"])}
     outside = {os.path.realpath(m) for m in real_masks} - allowed_labels
     problems = []
+    upstream_sets: set[str] = set()
     for entry in load_synthetic_pairs(datalist_path):
         own = {k: os.path.realpath(entry[k]) for k in ("image", "label")}
         if own["image"] in test_files or own["label"] in test_files:
@@ -74,7 +97,11 @@ def check_provenance(
             )
         source_label, source_image = entry.get("source_label"), entry.get("source_image")
         if source_label is not None and os.path.realpath(source_label) not in allowed_labels:
-            problems.append(f"{entry['image']}: its mask {source_label} is not in the labelled subset")
+            upstream = _synthetic_set_writing(source_label)
+            if upstream is None or os.path.realpath(upstream) in chain:
+                problems.append(f"{entry['image']}: its mask {source_label} is not in the labelled subset")
+            else:
+                upstream_sets.add(upstream)
         if source_image is not None and os.path.realpath(source_image) in test_files:
             problems.append(f"{entry['image']}: its source image {source_image} is in the test split")
     with open(datalist_path) as f:
@@ -87,6 +114,11 @@ def check_provenance(
             f"its generator or filter was trained on {len(outside_subset)} mask(s) outside the labelled subset, e.g. "
             f"{outside_subset[:3]}: train it on the evaluation's subset (the same --labelled and --seed)"
         )
+    for upstream in sorted(upstream_sets):
+        try:
+            _check_set(upstream, labelled, test, real_masks, (*chain, os.path.realpath(upstream)))
+        except LeakageError as error:
+            problems.append(f"its source masks come from the synthetic set {upstream}, which leaks: {error}")
     if problems:
         raise LeakageError(
             f"{datalist_path}: {len(problems)} problem(s): the synthetic set leaks data outside the labelled "
