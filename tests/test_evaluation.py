@@ -16,9 +16,9 @@ from PIL import Image
 from common.bundles import find_methods, method_bundle
 from common.data import load_splits, pair_transforms, phantom_dataset
 from common.evaluation import LeakageError, check_provenance, load_synthetic_pairs
-from common.evaluation.arms import CLASSIC, REAL, scheme_arms, standard_arms, synthetic_arms
+from common.evaluation.arms import CLASSIC, REAL, scheme_arms, standard_arms, synthetic_arms, synthetic_set_name
 from common.evaluation.controls import extra_real_copies, make_control_set, paste_on_background
-from common.evaluation.protocol import parse_schemes
+from common.evaluation.protocol import check_set_names, parse_schemes
 from common.evaluation.quality import class_condition_agreement, sample_diversity, unet_bottleneck_features
 from common.evaluation.report import score_summary, summarise, to_markdown, write_class_figure
 from common.evaluation.runs import files_digest, run_record
@@ -278,6 +278,20 @@ def test_arms_of_a_synthetic_set_add_it_with_and_without_classic_aug_and_its_con
     real_images = {p["image"] for p in train}
     assert len(control.train) == 4 + 3 and all(p["image"] in real_images for p in control.train)
     assert gauda[-1].name == "synthetic only: gauda (run)" and len(gauda[-1].train) == 3
+
+
+def test_sets_side_by_side_keep_their_own_names_and_sets_with_one_name_are_refused(tmp_path):
+    run = _synthetic_set(tmp_path / "a", [], "gauda")  # scripts.augment's layout: <run>/synthetic
+    side_by_side = []
+    for name in ("tau_1", "tau_0.5"):
+        writer = SyntheticDatasetWriter(str(tmp_path / "sets" / name), "diffuseexpand", {"k": 1})
+        side_by_side.append(writer.finalize())
+    assert synthetic_set_name(run) == "gauda (run)"
+    assert [synthetic_set_name(d) for d in side_by_side] == ["diffuseexpand (tau_1)", "diffuseexpand (tau_0.5)"]
+    check_set_names([run, *side_by_side])
+    again = _synthetic_set(tmp_path / "b", [], "gauda")  # another run folder named "run"
+    with pytest.raises(ValueError, match=r"share an arm name .*gauda \(run\)"):
+        check_set_names([run, *side_by_side, again])
 
 
 def test_extra_real_copies_cycle_through_the_real_pairs(tmp_path):

@@ -64,9 +64,12 @@ def _image_label(entries: Sequence[Mapping]) -> list[dict]:
 
 
 def synthetic_set_name(datalist_path: str) -> str:
-    """``<method> (<run folder>)`` of a synthetic set written by ``scripts.augment`` (``<out>/synthetic``)."""
-    run_folder = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(datalist_path))))
-    return f"{synthetic_method(datalist_path)} ({run_folder})"
+    """``<method> (<folder>)``: the run folder of a set written by ``scripts.augment`` (``<out>/synthetic``), else
+    the set's own folder (sets side by side, e.g. ``sets/tau_1`` and ``sets/tau_0.5``, keep their names apart)."""
+    folder = os.path.dirname(os.path.abspath(datalist_path))
+    if os.path.basename(folder) == "synthetic":
+        folder = os.path.dirname(folder)
+    return f"{synthetic_method(datalist_path)} ({os.path.basename(folder)})"
 
 
 def standard_arms(train: Sequence[dict]) -> list[Arm]:

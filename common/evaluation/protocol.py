@@ -182,6 +182,7 @@ def evaluate(
     chosen_schemes = parse_schemes(schemes) if schemes else {}
     generators = _generators(generator, chosen_schemes, sweep)
     datalists = [synthetic_datalist(s) for s in _paths(synthetic)]
+    check_set_names(datalists)
     for datalist in datalists:
         check_synthetic_set(datalist, sets)
     os.makedirs(out, exist_ok=True)
@@ -304,6 +305,18 @@ def check_synthetic_set(datalist: str, sets: EvaluationData) -> None:
     validate_pairs(pairs, len(sets.class_names))
     if len(pairs) < 2:
         logger.warning(f"{datalist}: {len(pairs)} pair: FID and KID need two, they are reported n/a")
+
+
+def check_set_names(datalists: Sequence[str]) -> None:
+    """Refuse synthetic sets that would share an arm name (their results would overwrite each other)."""
+    names: dict[str, list[str]] = {}
+    for datalist in datalists:
+        names.setdefault(synthetic_set_name(datalist), []).append(datalist)
+    shared = {name: paths for name, paths in names.items() if len(paths) > 1}
+    if shared:
+        raise ValueError(
+            f"synthetic sets would share an arm name (<method> (<folder>)): {shared}; give each its own folder name"
+        )
 
 
 def build_arms(
