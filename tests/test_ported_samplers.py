@@ -109,7 +109,9 @@ def test_gauda_samples_are_those_of_the_sampler_it_replaced(kind):
 
     steps = 10 if kind == "ddim" else 20
     sizes = {"image_scale": 1.1, "mask_scale": 0.9, "image_channels": 3, "mask_channels": 3, "latent_size": (8, 8)}
-    generator = JointLatentGenerator(image_ae, mask_ae, network, scheduler(), steps, 3.0, -1.0, num_classes=5, **sizes)
+    generator = JointLatentGenerator(  # the sampler as ported: labels from the argmax over every class
+        image_ae, mask_ae, network, scheduler(), steps, 3.0, -1.0, num_classes=5, asked_classes_only=False, **sizes
+    )
     conditions = [[1], [1, 2], [3]]
     images, labels = generator(JobBatch([11, 12, 13], conditions=conditions))
     latents = reference_guided_sampling(
