@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from common.files import file_digest
 
@@ -50,17 +51,26 @@ def load_synthetic_pairs(datalist_path: str) -> list[dict]:
     ]
 
 
-def _synthetic_set_writing(mask: str) -> str | None:
+class _HeldOut(NamedTuple):
+    """What a synthetic set may not use, computed once per check: real paths of the labelled masks, of the test
+    files, the test images by digest, and the real masks outside the labelled subset."""
+
+    allowed_labels: set[str]
+    test_files: set[str]
+    test_images: dict[str, str]
+    outside: set[str]
+
+
+def _synthetic_set_writing(mask: str, listed: dict[str, set[str]]) -> str | None:
     """The datalist of the synthetic set whose pairs list ``mask`` (``<set>/masks/<name>.png`` beside
-    ``<set>/datalist.json``), or None."""
+    ``<set>/datalist.json``), or None; ``listed`` caches each datalist's masks, so a set is read once."""
     datalist = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(mask))), "datalist.json")
-    if not os.path.isfile(datalist):
-        return None
-    try:
-        labels = {os.path.realpath(entry["label"]) for entry in load_synthetic_pairs(datalist)}
-    except (KeyError, TypeError, ValueError):
-        return None
-    return datalist if os.path.realpath(mask) in labels else None
+    if datalist not in listed:
+        try:
+            listed[datalist] = {os.path.realpath(entry["label"]) for entry in load_synthetic_pairs(datalist)}
+        except (OSError, KeyError, TypeError, ValueError):
+            listed[datalist] = set()
+    return datalist if os.path.realpath(mask) in listed[datalist] else None
 
 
 def check_provenance(
@@ -71,18 +81,20 @@ def check_provenance(
     naming every offending pair. (Masks are compared by path only: an empty synthetic mask may equal an empty test
     mask byte for byte without any leak.) A source mask written by another synthetic set (images made for generated
     masks, e.g. DiffuseExpand's ``label_maps``) is allowed when that set passes this check itself."""
-    _check_set(datalist_path, labelled, test, real_masks, (os.path.realpath(datalist_path),))
-
-
-def _check_set(
-    datalist_path: str, labelled: Sequence[dict], test: Sequence[dict], real_masks: Sequence[str], chain: tuple
-) -> None:
-    """:func:`check_provenance` of one set of a chain of sets made from each other's masks (``chain``: their real
-    paths, this one last)."""
     allowed_labels = {os.path.realpath(p["label"]) for p in labelled}
-    test_files = {os.path.realpath(p[k]) for p in test for k in ("image", "label") if k in p}
-    test_images = {file_digest(p["image"]): p["image"] for p in test if os.path.isfile(p["image"])}
-    outside = {os.path.realpath(m) for m in real_masks} - allowed_labels
+    held_out = _HeldOut(
+        allowed_labels,
+        {os.path.realpath(p[k]) for p in test for k in ("image", "label") if k in p},
+        {file_digest(p["image"]): p["image"] for p in test if os.path.isfile(p["image"])},
+        {os.path.realpath(m) for m in real_masks} - allowed_labels,
+    )
+    _check_set(datalist_path, held_out, (os.path.realpath(datalist_path),), {})
+
+
+def _check_set(datalist_path: str, held_out: _HeldOut, chain: tuple[str, ...], listed: dict[str, set[str]]) -> None:
+    """:func:`check_provenance` of one set of a chain of sets made from each other's masks (``chain``: their real
+    paths, this one last; ``listed``: the masks of the datalists read so far)."""
+    allowed_labels, test_files, test_images, outside = held_out
     problems = []
     upstream_sets: set[str] = set()
     for entry in load_synthetic_pairs(datalist_path):
@@ -97,7 +109,7 @@ def _check_set(
             )
         source_label, source_image = entry.get("source_label"), entry.get("source_image")
         if source_label is not None and os.path.realpath(source_label) not in allowed_labels:
-            upstream = _synthetic_set_writing(source_label)
+            upstream = _synthetic_set_writing(source_label, listed)
             if upstream is None or os.path.realpath(upstream) in chain:
                 problems.append(f"{entry['image']}: its mask {source_label} is not in the labelled subset")
             else:
@@ -116,7 +128,7 @@ def _check_set(
         )
     for upstream in sorted(upstream_sets):
         try:
-            _check_set(upstream, labelled, test, real_masks, (*chain, os.path.realpath(upstream)))
+            _check_set(upstream, held_out, (*chain, os.path.realpath(upstream)), listed)
         except LeakageError as error:
             problems.append(f"its source masks come from the synthetic set {upstream}, which leaks: {error}")
     if problems:
