@@ -22,12 +22,15 @@ from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
-from common.bundles import add_to_path
+from common.bundles import add_to_path, find_bundles
 from common.files import file_digest, json_ready, read_json, record_matches, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_bundle_to_path", "profile_files", "run_stages", "run_workflow"]
+__all__ = ["add_bundle_to_path", "filter_segmenter_stage", "profile_files", "run_stages", "run_workflow"]
+
+FILTER_SEGMENTER_CONFIG = "filter_segmenter/train.json"  # under an exported bundle's configs/
+FILTER_SEGMENTER_CKPT = "model_segmenter.pt"
 
 
 def profile_files(bundle_root: str, profile: str, part: str = "train") -> list[str]:
@@ -44,6 +47,28 @@ def profile_files(bundle_root: str, profile: str, part: str = "train") -> list[s
         raise ValueError(f"part must be 'train' or 'inference', got {part!r}")
     inference = os.path.join(bundle_root, "configs", f"{profile}_inference.json")
     return [inference] if os.path.isfile(inference) else []
+
+
+def filter_segmenter_stage(bundle_root: str, ckpt_dir: str, knobs: Mapping[str, Any] | None = None) -> dict:
+    """The stage that trains a method's filter segmenter, ``<ckpt_dir>/model_segmenter.pt``: ``bundles/segmentation``
+    on the method's labelled pairs, with ``knobs`` (segmentation config ids, e.g. ``max_iterations``).
+
+    An exported method bundle carries that config as ``configs/filter_segmenter/train.json``; in the repository it is
+    the segmentation bundle's own ``train.json``.
+    """
+    exported = os.path.join(bundle_root, "configs", FILTER_SEGMENTER_CONFIG)
+    config = exported if os.path.isfile(exported) else str(find_bundles()["segmentation"].config("train"))
+    return {
+        "name": "filter_segmenter",
+        "config_file": [config],
+        "checkpoint": os.path.join(ckpt_dir, FILTER_SEGMENTER_CKPT),
+        "overrides": {
+            "bundle_root": os.path.dirname(os.path.dirname(config)),
+            "ckpt_name": FILTER_SEGMENTER_CKPT,
+            "output_dir": os.path.join(ckpt_dir, "logs", "filter_segmenter"),
+            **dict(knobs or {}),
+        },
+    }
 
 
 def add_bundle_to_path(config_file: str) -> str:

@@ -2,8 +2,8 @@
 
 Runs the method's bundle configs exactly as ``python -m monai.bundle run`` would (``train.json`` then
 ``inference.json``), with one output folder per run so runs on different data never share checkpoints. A method whose
-inference filters pairs with a segmenter (its ``inference.json`` has ``segmenter_ckpt``, e.g. AugPaint) first gets one
-trained by ``bundles/segmentation`` on the same labelled pairs::
+inference filters pairs with a segmenter (AugPaint, DiffuseExpand) trains it in its ``train.json`` too
+(``bundles/segmentation`` on the same labelled pairs), unless ``--segmenter_ckpt`` names one (or ``None``: unfiltered)::
 
     python -m scripts.augment augpaint                                   # embedded phantoms, quick CPU profile
     python -m scripts.augment augpaint --data ../shared/data/usgra_nerve_vessel --labelled 10 --seed 0
@@ -23,10 +23,10 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
-from common.bundles import find_bundles, find_methods, method_bundle
+from common.bundles import find_methods, method_bundle
 from common.data import validate_dataset
 from common.io import check_output_dir
-from common.stages import profile_files, run_stages, run_workflow
+from common.stages import profile_files, run_workflow
 from scripts.cli import run_command_line
 
 logger = logging.getLogger("scripts.augment")
@@ -40,38 +40,17 @@ def default_output_dir(method: str, data: str | None, labelled: int | None, seed
     return os.path.join("outputs", method, f"{data_name}_n{labelled if labelled else 'all'}_s{seed}")
 
 
-def _needs_segmenter(inference_config: str) -> bool:
+def _trains_filter_segmenter(train_config: str) -> bool:
+    """Whether the bundle's ``train.json`` trains a filter segmenter (its ``inference.json`` then filters with it)."""
     parser = ConfigParser()
-    parser.read_config(inference_config)
-    return "segmenter_ckpt" in parser
+    parser.read_config(train_config)
+    return "filter_segmenter" in parser
 
 
 def _bundle_image_size(train_config: str) -> int:
     parser = ConfigParser()
     parser.read_config(train_config)
     return int(parser["image_size"])
-
-
-def train_filter_segmenter(models: str, shared: dict[str, Any], knobs: dict[str, Any], retrain: bool) -> str:
-    """Train ``bundles/segmentation`` on the run's labelled pairs (reused when its settings match); returns its
-    checkpoint, ``<models>/model_segmenter.pt``."""
-    segmentation = find_bundles()["segmentation"]
-    checkpoint = os.path.join(models, "model_segmenter.pt")
-    stage = {
-        "name": "segmenter",
-        "config_file": [segmentation.config("train")],
-        "checkpoint": checkpoint,
-        "overrides": {
-            "bundle_root": str(segmentation.root),
-            "ckpt_dir": models,
-            "ckpt_name": os.path.basename(checkpoint),
-            "output_dir": os.path.join(models, "logs", "segmenter"),
-            **knobs,
-        },
-    }
-    keys = ("dataset_dir", "num_labelled", "seed", "image_size", "allow_outside_paths")
-    run_stages([stage], {k: shared[k] for k in keys}, retrain)
-    return checkpoint
 
 
 def augment(
@@ -111,7 +90,8 @@ def augment(
     models = os.path.join(out, "models")
     inference = bundle.config("inference")
     image_size = image_size or _bundle_image_size(bundle.config("train"))
-    needs_segmenter = _needs_segmenter(inference) and "segmenter_ckpt" not in knobs
+    has_filter = _trains_filter_segmenter(bundle.config("train"))
+    needs_segmenter = has_filter and "segmenter_ckpt" not in knobs
     # every problem of the data and of the settings before the first stage trains
     val_fraction = dict(segmenter_knobs or {}).get("val_fraction", SEGMENTER_VAL_FRACTION) if needs_segmenter else 0.0
     validate_dataset(data, labelled, seed, val_fraction, allow_outside_paths=allow_outside_paths)
@@ -126,9 +106,15 @@ def augment(
         "allow_outside_paths": allow_outside_paths,
     }
     start = time.perf_counter()
-    run_workflow(bundle.config("train"), **shared, profile=profile, retrain=retrain, knobs=dict(train_knobs or {}))
-    if needs_segmenter:
-        knobs["segmenter_ckpt"] = train_filter_segmenter(models, shared, dict(segmenter_knobs or {}), retrain)
+    filter_knobs = {"filter_segmenter": needs_segmenter, "segmenter_knobs": dict(segmenter_knobs or {})}
+    run_workflow(
+        bundle.config("train"),
+        **shared,
+        profile=profile,
+        retrain=retrain,
+        knobs=dict(train_knobs or {}),
+        **(filter_knobs if has_filter else {}),
+    )
     trained = time.perf_counter()
     synthetic_dir = os.path.join(out, "synthetic")
     run_workflow(

@@ -58,7 +58,10 @@ def _smoke_trained(bundle: Bundle, folder: str) -> str:
     """Train ``bundle`` with its smoke knobs into ``folder``; returns the models folder."""
     models = os.path.join(folder, "models")
     knobs = bundle.evaluation.get("smoke_knobs", {}).get("train", {})
-    run_workflow(bundle.config("train"), bundle_root=str(bundle.root), ckpt_dir=models, knobs=knobs)
+    # speed does not depend on the filter, whose segmenter is not trained here
+    run_workflow(
+        bundle.config("train"), bundle_root=str(bundle.root), ckpt_dir=models, knobs=knobs, filter_segmenter=False
+    )
     return models
 
 
@@ -69,6 +72,8 @@ def _generator_and_run(bundle: Bundle, models: str, knobs: Mapping[str, Any]) ->
     parser = ConfigParser()
     parser.read_config(config)
     parser.update({"bundle_root": str(bundle.root), "ckpt_dir": models, "progress": False, **knobs})
+    if "segmenter_ckpt" in parser:
+        parser["segmenter_ckpt"] = None  # the generator alone: the filter is not benchmarked
     run = parser.get_parsed_content("generation")
     return run.generator, run
 

@@ -33,6 +33,7 @@ import common
 from common.bundles import Bundle, find_bundles
 from common.checkpoints import card_path, read_card
 from common.metadata import check_metadata
+from common.stages import FILTER_SEGMENTER_CONFIG
 from scripts.cli import run_command_line
 
 logger = logging.getLogger("scripts.export_bundle")
@@ -114,6 +115,10 @@ def trained_metadata(metadata: Mapping[str, Any], settings: Mapping[str, Any]) -
 def bundle_members(bundle: Bundle, run: str | None = None) -> dict[str, bytes]:
     """Every member of the exported bundle (names relative to its top folder) and its bytes."""
     members = {name: _config_bytes(name, data) for name, data in _files(bundle.root / "configs", "configs").items()}
+    if "filter_segmenter" in json.loads(members.get("configs/train.json", b"{}")):
+        # the filter segmenter's training travels with the method (common.stages.filter_segmenter_stage finds it)
+        segmenter_config = find_bundles()["segmentation"].config("train")
+        members[f"configs/{FILTER_SEGMENTER_CONFIG}"] = _config_bytes("train.json", Path(segmenter_config).read_bytes())
     members.update(_files(bundle.root / "docs", "docs"))
     members["LICENSE"] = (bundle.root / "LICENSE").read_bytes()
     for package in sorted(p for p in bundle.root.iterdir() if (p / "__init__.py").is_file()):

@@ -168,7 +168,8 @@ def test_a_downloaded_bundle_trains_and_infers_from_its_own_folder(name, tmp_pat
     run = [sys.executable, STANDALONE, "run", "--config_file"]
     if bundle.is_method:
         knobs = tiny_training_knobs(bundle)
-        run_checked([*run, "configs/train.json", "--knobs", json.dumps(knobs)], cwd=folder)
+        segmenter = ["--segmenter_knobs", json.dumps(TINY_SEGMENTER)]  # the filter's, when the method has one
+        run_checked([*run, "configs/train.json", "--knobs", json.dumps(knobs), *segmenter], cwd=folder)
         run_checked(
             [*run, "configs/inference.json", *cli_overrides(bundle.evaluation["smoke_knobs"]["inference"])], cwd=folder
         )
@@ -179,6 +180,10 @@ def test_a_downloaded_bundle_trains_and_infers_from_its_own_folder(name, tmp_pat
             image, label = Image.open(folder / "eval" / "synthetic" / entry["image"]), None
             label = np.asarray(Image.open(folder / "eval" / "synthetic" / entry["label"]))
             assert image.size == label.shape[::-1] and label.max() < 5  # the phantom classes
+        if "filter_segmenter" in json.loads((folder / "configs" / "train.json").read_text()):
+            # the filter segmenter trained from the bundle's own copy of its config, and inference filtered with it
+            assert read_card(str(folder / "models" / "model_segmenter.pt"))["settings"]["class_names"]
+            assert all("score" in entry for entry in entries)
     else:
         run_checked([*run, "configs/train.json", *cli_overrides(TINY_SEGMENTER)], cwd=folder)
         run_checked([*run, "configs/inference.json"], cwd=folder)
