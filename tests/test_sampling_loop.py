@@ -16,6 +16,7 @@ from common.sampling import (
     RePaintWalk,
     UNetDenoiser,
     monotone_walk,
+    sampling_scheduler,
 )
 
 SHAPE = (2, 8, 8)
@@ -138,7 +139,11 @@ def test_two_controlnets_feed_the_weighted_sum_of_their_residuals():
 
 @pytest.mark.parametrize(
     "scheduler, steps, eta",
-    [(DDPMScheduler(20, clip_sample=False), 20, 0.0), (DDIMScheduler(1000, clip_sample=False), 10, 1.0)],
+    [
+        (DDPMScheduler(20, clip_sample=False), 20, 0.0),
+        (DDIMScheduler(1000, clip_sample=False), 10, 1.0),
+        (sampling_scheduler("sde_dpm_solver", {"num_train_timesteps": 1000}), 10, 0.0),  # steps the whole batch
+    ],
 )
 def test_a_sample_depends_only_on_its_seed_with_stochastic_steps(scheduler, steps, eta):
     loop, denoiser = DenoisingLoop(scheduler, steps, eta=eta), UNetDenoiser(unet())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .denoisers import ClassifierFreeDenoiser, ControlNetDenoiser, Denoiser, UNetDenoiser, guided_output
 from .hooks import KnownRegionMerge, SamplingHook
 from .loop import DenoisingLoop, per_sample_noise
-from .schedulers import sampling_scheduler
+from .schedulers import default_inference_steps, sampling_scheduler
 from .walks import RePaintWalk, Walk, monotone_walk
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "SamplingHook",
     "UNetDenoiser",
     "Walk",
+    "default_inference_steps",
     "guided_output",
     "monotone_walk",
     "per_sample_noise",

@@ -6,6 +6,12 @@ prediction form, orders 1-3), built on the betas of the MONAI noise schedule so 
 ``Scheduler`` base gives ``add_noise`` and ``alphas_cumprod`` as for every other scheduler of the project. A
 multistep solver keeps the model outputs of its last steps, so it walks the noise levels once from the top down
 (``set_timesteps`` starts afresh): a walk with jumps back up (RePaint) needs DDIM or DDPM.
+
+``stochastic=True`` gives SDE-DPM-Solver++ (``algorithm_type="sde-dpmsolver++"``, Lu et al., section 5 and appendix
+of the same paper): the same data-prediction updates for the reverse SDE, which add fresh noise at every step like
+DDPM's ancestral sampling. It forgets part of the errors of an imperfect model that the deterministic ODE carries to
+the end, at the same number of network evaluations. The step takes that noise from the caller (``noise``), so the
+loop can draw each sample's from its own generator.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         clip_sample: clip the predicted ``x_0`` to [-1, 1] at every step (diffusers' thresholding with a maximum of
             1), as DDIM's ``clip_sample``: for pixel-space data in [-1, 1], where a few large steps can otherwise
             leave the data range; off for latents.
+        stochastic: SDE-DPM-Solver++ (fresh noise at every step) instead of the ODE solver.
         schedule_args: the schedule's arguments (``beta_start``, ``beta_end``).
     """
 
@@ -42,6 +49,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         solver_order: int = 2,
         prediction_type: str = "epsilon",
         clip_sample: bool = False,
+        stochastic: bool = False,
         **schedule_args,
     ) -> None:
         super().__init__(num_train_timesteps, schedule, **schedule_args)
@@ -54,12 +62,13 @@ class DPMSolverMultistepScheduler(Scheduler):
         self.prediction_type = prediction_type
         self.solver_order = solver_order
         self.clip_sample = clip_sample
+        self.stochastic = stochastic
         self.solver = DiffusersDPMSolver(
             num_train_timesteps=num_train_timesteps,
             trained_betas=self.betas.double().numpy(),
             solver_order=solver_order,
             prediction_type=prediction_type,
-            algorithm_type="dpmsolver++",
+            algorithm_type="sde-dpmsolver++" if stochastic else "dpmsolver++",
             thresholding=clip_sample,
             sample_max_value=1.0,
             lower_order_final=True,
@@ -76,11 +85,19 @@ class DPMSolverMultistepScheduler(Scheduler):
         self.num_inference_steps = num_inference_steps
 
     def step(
-        self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
         """One solver step from ``timestep`` to the next scheduled one (the clean sample after the last); returns
-        ``(previous sample, None)`` as MONAI's schedulers return ``(previous sample, predicted original)``."""
+        ``(previous sample, None)`` as MONAI's schedulers return ``(previous sample, predicted original)``. A
+        stochastic solver adds ``noise`` (standard normal, the sample's shape), or draws it from ``generator``."""
         if self.num_inference_steps is None:
             raise RuntimeError("call set_timesteps before step")
-        previous = self.solver.step(model_output, int(timestep), sample, generator=generator, return_dict=False)[0]
+        previous = self.solver.step(
+            model_output, int(timestep), sample, generator=generator, variance_noise=noise, return_dict=False
+        )[0]
         return previous.to(sample.dtype), None

@@ -12,6 +12,8 @@ progress bar. What differs between methods plugs in:
 
 The scheduler owns the maths: any MONAI scheduler with ``set_timesteps``, ``step`` and ``add_noise`` works.
 ``DDIMScheduler`` takes ``eta`` (0: deterministic DDIM; 1: the DDPM posterior variance on the respaced chain).
+A stochastic scheduler whose ``step`` takes ``noise`` (SDE-DPM-Solver++, which keeps a history of the batch's model
+outputs and so steps the whole batch at once) gets each sample's noise drawn by the loop from that sample's generator.
 MONAI's ``DDPMScheduler.step`` always moves from ``t`` to ``t - 1``, so it needs every training step
 (``num_inference_steps = num_train_timesteps``); a shorter DDPM chain would stop far from ``t = 0`` and is refused.
 
@@ -97,8 +99,11 @@ class DenoisingLoop:
         self.walk = walk or monotone_walk
         self.progress = progress
         self.description = description
-        self.stochastic = isinstance(scheduler, DDPMScheduler) or self.eta > 0
+        self.stochastic = (
+            isinstance(scheduler, DDPMScheduler) or self.eta > 0 or getattr(scheduler, "stochastic", False)
+        )
         self._step_takes_eta = "eta" in inspect.signature(scheduler.step).parameters
+        self._step_takes_noise = "noise" in inspect.signature(scheduler.step).parameters
 
     def levels(self, start_level: int | None = None) -> list[int]:
         """The walk from ``start_level`` (default the top, ``num_inference_steps``) down to 0."""
@@ -143,6 +148,9 @@ class DenoisingLoop:
         extra = {"eta": self.eta} if self._step_takes_eta else {}
         if not self.stochastic:
             return self.scheduler.step(model_output, timestep, sample, **extra)[0]
+        if self._step_takes_noise:  # a multistep solver steps the whole batch: each sample's noise drawn here
+            noise = per_sample_noise(generators, sample.shape[1:], sample.device, sample.dtype)
+            return self.scheduler.step(model_output, timestep, sample, noise=noise)[0]
         return torch.cat(
             [
                 self.scheduler.step(model_output[i : i + 1], timestep, sample[i : i + 1], **extra, generator=g)[0]

@@ -8,15 +8,23 @@ A training config defines ``noise_schedule`` once (``num_train_timesteps``, ``sc
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
 from common.sampling.dpm_solver import DPMSolverMultistepScheduler
 
-__all__ = ["SCHEDULERS", "sampling_scheduler"]
+__all__ = ["SCHEDULERS", "default_inference_steps", "sampling_scheduler"]
 
-SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpm_solver": DPMSolverMultistepScheduler}
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+    "dpm_solver": DPMSolverMultistepScheduler,
+    "sde_dpm_solver": partial(DPMSolverMultistepScheduler, stochastic=True),
+}
+DPM_SOLVERS = ("dpm_solver", "sde_dpm_solver")
+DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 20, "sde_dpm_solver": 20}  # DDPM: every training step
 
 
 def sampling_scheduler(
@@ -24,11 +32,23 @@ def sampling_scheduler(
     noise_schedule: Mapping[str, Any],
     prediction_type: str = "epsilon",
     clip_sample: bool = False,
+    solver_order: int | None = None,
     **options: Any,
 ) -> Scheduler:
-    """A ``kind`` ("ddim", "ddpm" or "dpm_solver", DPM-Solver++) scheduler on ``noise_schedule`` reading
-    ``prediction_type`` outputs; ``clip_sample`` clips the predicted ``x_0`` to [-1, 1] (pixel-space data; off for
-    latents, whose values are not bounded); ``options`` go to the scheduler (e.g. ``solver_order``)."""
+    """A ``kind`` scheduler on ``noise_schedule`` reading ``prediction_type`` outputs: "ddim", "ddpm", "dpm_solver"
+    (DPM-Solver++) or "sde_dpm_solver" (SDE-DPM-Solver++). ``clip_sample`` clips the predicted ``x_0`` to [-1, 1]
+    (pixel-space data; off for latents, whose values are not bounded); ``solver_order`` is the DPM solvers' order
+    (the other kinds have none); ``options`` go to the scheduler."""
     if kind not in SCHEDULERS:
         raise ValueError(f"scheduler kind must be one of {sorted(SCHEDULERS)}, got {kind!r}")
+    if solver_order is not None and kind in DPM_SOLVERS:
+        options["solver_order"] = solver_order
     return SCHEDULERS[kind](**dict(noise_schedule), prediction_type=prediction_type, clip_sample=clip_sample, **options)
+
+
+def default_inference_steps(kind: str, noise_schedule: Mapping[str, Any]) -> int:
+    """The steps a ``kind`` chain takes unless told: 50 for DDIM, 20 for the DPM solvers, every training step for
+    DDPM (MONAI's DDPM steps from ``t`` to ``t - 1``)."""
+    if kind not in SCHEDULERS:
+        raise ValueError(f"scheduler kind must be one of {sorted(SCHEDULERS)}, got {kind!r}")
+    return DEFAULT_STEPS.get(kind, int(noise_schedule["num_train_timesteps"]))
