@@ -11,8 +11,9 @@
     # cross-domain: train on one data set (or domain), test on another with the same classes
     python -m scripts.evaluate --data phantoms --test_data phantoms_shifted
 
-The labelled subset is chosen by ``--seed`` exactly as ``scripts.augment`` chose it; ``val_fraction`` of it is carved
-out for validation (the schemes' online decisions), the rest trains every arm. Every arm trains for ``iterations``
+The labelled subset is chosen by ``--seed`` exactly as ``scripts.augment`` chose it, and trains every arm: the pairs
+the synthetic sets' generators learnt from, so no arm sees labelled pairs another does not. The schemes alone carve
+``val_fraction`` of it out for their online decisions. Every arm trains for ``iterations``
 iterations with training seeds 0..seeds-1 and keeps its final network; each arm is compared with ``real`` and with
 ``real + classic aug`` (a scheme with its method's reference schemes) by a paired difference over seeds with a 95 %
 interval. The protocol is :func:`common.evaluation.evaluate`; each method declares its controls and schemes in its

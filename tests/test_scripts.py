@@ -83,7 +83,8 @@ def test_augment_both_methods_then_one_evaluation_of_both(tmp_path):
     )
     results = evaluate(**options)
     arms = results["arms"]
-    assert results["training_pairs"] == 5 and results["validation_pairs"] == 1  # one validation pair carved out
+    assert results["training_pairs"] == 6  # every arm but the schemes trains on all labelled pairs
+    assert results["scheme_training_pairs"] == 5 and results["validation_pairs"] == 1  # the schemes carve one out
     assert list(arms)[:2] == ["real", "real + classic aug"]
     assert "real + classic aug + augpaint (augpaint) control: noise background" in arms
     assert "real + classic aug + gauda (gauda) control: extra real copies" in arms

@@ -1,16 +1,18 @@
 """The arms of the evaluation: what each trained segmenter sees, and which arms it is compared with.
 
-Every arm trains a segmenter on the same training pairs (the labelled subset minus the validation pairs carved from
-it), for the same number of iterations, with the same seeds, and keeps its final network (no arm selects a network
-by validation: with a few validation pairs that choice is noise, and it would differ between arms). The arms:
+Every data arm trains a segmenter on the same training pairs, the whole labelled subset (the pairs the synthetic sets'
+generators learnt from: an arm that trained on fewer would see less labelled data than the generator gave the others),
+for the same number of iterations, with the same seeds, and keeps its final network (no arm selects a network by
+validation: with a few validation pairs that choice is noise, and it would differ between arms). The arms:
 
 - ``real``: the labelled training pairs with the segmentation bundle's default (light) augmentation;
 - ``real + classic aug``: the same with classic augmentation (rotation, zoom, contrast, noise);
 - for each synthetic set: ``real + <set>`` and ``real + classic aug + <set>`` (what a user runs), the set's controls
   declared by its method (``real + classic aug + control: ...``, :mod:`common.evaluation.controls`) and, on request,
   ``synthetic only: <set>`` (the Synthetic-Only score);
-- for each method scheme asked for (e.g. GAUDA's online loop): the scheme's own configs from the method's bundle, with
-  the validation pairs its online decisions need.
+- for each method scheme asked for (e.g. GAUDA's online loop): the scheme's own configs from the method's bundle,
+  trained on the labelled subset minus the validation pairs its online decisions need (the schemes compare with each
+  other, all on the same pairs).
 
 Each arm is compared by a paired difference over seeds with its ``references``: ``real`` and ``real + classic aug``
 for the data arms; the schemes the method declares as its ``real`` and ``classic`` references for scheme arms.

@@ -28,12 +28,18 @@ from common.data import (
     validate_dataset,
     validate_pairs,
 )
-from common.files import atomic_files, write_json
+from common.files import atomic_files, read_json, write_json
 from common.stages import profile_files, run_workflow
 
 from .arms import REAL, Arm, scheme_arms, standard_arms, synthetic_arms, synthetic_set_name
 from .provenance import check_provenance, load_synthetic_pairs, synthetic_datalist, synthetic_method
-from .quality import class_condition_agreement, lateral_side_agreement, sample_diversity, synthetic_feature_distances
+from .quality import (
+    class_condition_agreement,
+    lateral_side_agreement,
+    regenerated_share,
+    sample_diversity,
+    synthetic_feature_distances,
+)
 from .report import score_summary, summarise, to_markdown, write_class_figure
 from .runs import run_arm, score_segmenter
 
@@ -71,11 +77,11 @@ def _run_dir(out: str, arm: str, seed: int) -> str:
 
 
 def _generator_quality(
-    networks: Sequence, sets: EvaluationData, pairs: Sequence[dict], image_size: int
+    networks: Sequence, sets: EvaluationData, pairs: Sequence[dict], image_size: int, config: Mapping[str, Any]
 ) -> dict[str, Any]:
     """FID/KID (first reference network's bottleneck), Real-Only Dice over the reference networks, diversity and,
     for class-conditional sets, condition agreement; for data with lateral pairs, their sides against the real
-    labelled masks'."""
+    labelled masks'; for inpainting sets (``config``: the set's generation settings), the share regenerated."""
     class_names = sets.class_names
     real_only = [score_segmenter(n, pairs, len(class_names), image_size)["dice"] for n in networks]
     quality = {
@@ -87,6 +93,9 @@ def _generator_quality(
         quality["condition_agreement"] = class_condition_agreement(pairs, len(class_names))
     if sets.orientation.lateral_pairs:
         quality["laterality"] = lateral_side_agreement(sets.labelled, pairs, sets.orientation)
+    share = regenerated_share(pairs, config)
+    if share is not None:
+        quality["regenerated"] = share
     return quality
 
 
@@ -102,8 +111,9 @@ def _sweep_sets(
     image_size: int,
     out: str,
     generator_knobs: Mapping[str, Any],
-) -> dict[str, list[dict]]:
-    """One synthetic set per value of ``knob`` from the trained generator of ``method`` (its inference config)."""
+) -> dict[str, str]:
+    """One synthetic set per value of ``knob`` from the trained generator of ``method`` (its inference config); the
+    datalist of each, by name."""
     bundle = method_bundle(method)
     sets = {}
     for value in values:
@@ -122,7 +132,7 @@ def _sweep_sets(
             progress=False,
             **{**dict(generator_knobs), knob: value},
         )
-        sets[f"{knob} = {value}"] = load_synthetic_pairs(os.path.join(output_dir, "datalist.json"))
+        sets[f"{knob} = {value}"] = os.path.join(output_dir, "datalist.json")
     return sets
 
 
@@ -162,7 +172,9 @@ def evaluate(
         seeds: training seeds per arm (0..seeds-1).
         iterations: training iterations of every arm.
         val_interval: iterations between validations (the schemes' online decisions happen there).
-        val_fraction: part of the labelled subset carved out for validation (none of it trains any arm).
+        val_fraction: part of the labelled subset carved out as the schemes' validation pairs (their online
+            decisions); it trains no scheme arm. Every other arm trains on the whole labelled subset, the pairs the
+            synthetic sets' generators learnt from.
         image_size: model input size; test masks are scored at this size.
         controls: add the controls each synthetic set's method declares.
         synthetic_only: add an arm per synthetic set trained on its pairs alone (the Synthetic-Only score).
@@ -193,7 +205,8 @@ def evaluate(
         "data": sets.data,
         "test_data": sets.test_source,
         "labelled": labelled,
-        "training_pairs": len(sets.train),
+        "training_pairs": len(sets.labelled),
+        "scheme_training_pairs": len(sets.train),
         "validation_pairs": len(sets.validation),
         "iterations": iterations,
         "seeds": seeds,
@@ -226,8 +239,9 @@ def run_arms(
 ) -> dict[str, list[dict]]:
     """Per arm, the per-image test scores of every training seed (trained now or read from a finished run)."""
     logger.info(
-        f"{len(arms)} arms x {seeds} seeds, {iterations} iterations, {len(sets.train)} training pairs, "
-        f"{len(sets.validation)} validation pairs, {len(sets.test)} test pairs of {sets.test_source}"
+        f"{len(arms)} arms x {seeds} seeds, {iterations} iterations, {len(sets.labelled)} training pairs (schemes: "
+        f"{len(sets.train)} and {len(sets.validation)} for validation), {len(sets.test)} test pairs of "
+        f"{sets.test_source}"
     )
     per_seed: dict[str, list[dict]] = {}
     for arm in arms:
@@ -335,10 +349,11 @@ def build_arms(
     """The standard arms, the arms of every synthetic set (with its method's controls) and the schemes asked for;
     ``knobs`` go to every arm's segmenter, ``scheme_knobs`` to the schemes'."""
     methods = find_methods()
-    arms: list[Arm] = standard_arms(sets.train)
+    # every arm but the schemes trains on all labelled pairs: the pairs the synthetic sets' generators learnt from
+    arms: list[Arm] = standard_arms(sets.labelled)
     for datalist in datalists:
         method = methods.get(synthetic_method(datalist))
-        arms += synthetic_arms(datalist, method, sets.train, out, image_size, seed, controls, synthetic_only)
+        arms += synthetic_arms(datalist, method, sets.labelled, out, image_size, seed, controls, synthetic_only)
     for arm in arms:
         arm.overrides = dict(knobs or {})
     for method, names in schemes.items():
@@ -358,7 +373,9 @@ def default_out(data: str | None, labelled: int | None, seed: int) -> str:
 def _set_quality(
     datalist: str, arms: Mapping[str, Any], networks: Sequence, sets: EvaluationData, image_size: int
 ) -> dict[str, Any]:
-    quality = _generator_quality(networks, sets, load_synthetic_pairs(datalist), image_size)
+    quality = _generator_quality(
+        networks, sets, load_synthetic_pairs(datalist), image_size, read_json(datalist)["config"]
+    )
     synthetic_only = arms.get(f"synthetic only: {synthetic_set_name(datalist)}")
     if synthetic_only is not None:
         quality["synthetic_only_dice"] = synthetic_only["dice"]
@@ -384,7 +401,10 @@ def _sweep(
         method, generators[method], knob, values, samples, sets.data, labelled, seed, image_size, out,
         generator_knobs or {},
     )  # fmt: skip
-    quality = {name: _generator_quality(networks, sets, pairs, image_size) for name, pairs in made.items()}
+    quality = {
+        name: _generator_quality(networks, sets, load_synthetic_pairs(path), image_size, read_json(path)["config"])
+        for name, path in made.items()
+    }
     return {"method": method, "knob": knob, "sets": quality}
 
 

@@ -125,14 +125,18 @@ def _quality_row(name: str, quality: Mapping) -> dict:
         "Synthetic-Only Dice": SeedSummary(**synthetic_only["class_mean"]) if synthetic_only else "",
         "exact class set": f"{agreement['exact']:.2f}" if agreement else "",
         "sides kept": _sides_cell(laterality),
+        "regenerated": f"{quality['regenerated']:.2f}" if quality.get("regenerated") is not None else None,
         "MS-SSIM within source": quality.get("diversity"),
         "pairs": quality["num_synthetic"],
     }
 
 
+OPTIONAL_COLUMNS = ("sides kept", "regenerated")  # shown when a row has them: lateral pairs, inpainting sets
+
+
 def _shown(columns: Sequence[str], rows: Sequence[Mapping]) -> list[str]:
-    """``columns`` without "sides kept" when no row has it (data without lateral pairs)."""
-    return [c for c in columns if c != "sides kept" or any(row.get(c) is not None for row in rows)]
+    """``columns`` without the optional ones no row has (data without lateral pairs, sets made from noise)."""
+    return [c for c in columns if c not in OPTIONAL_COLUMNS or any(row.get(c) is not None for row in rows)]
 
 
 def to_markdown(results: Mapping) -> str:
@@ -143,7 +147,9 @@ def to_markdown(results: Mapping) -> str:
     columns += [f"vs {label} [95% CI]" for label in ROLES.values()]
     text = (
         f"Test-split scores on {results['test_data']}: trained on {results['labelled'] or 'all'} labelled pairs of "
-        f"{results['data']} ({results['training_pairs']} training, {results['validation_pairs']} validation), "
+        f"{results['data']} (every arm trains on {results['training_pairs']}; a scheme on "
+        f"{results.get('scheme_training_pairs', results['training_pairs'])} and {results['validation_pairs']} "
+        "validation pairs), "
         f"{results['iterations']} iterations, final network, {results['seeds']} seeds (mean ± std over seeds; "
         "differences are of the class mean, paired over seeds)\n"
     )
@@ -158,6 +164,7 @@ def to_markdown(results: Mapping) -> str:
         "Synthetic-Only Dice",
         "exact class set",
         "sides kept",
+        "regenerated",
         "MS-SSIM within source",
         "pairs",
     ]
