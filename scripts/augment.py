@@ -3,7 +3,8 @@
 Runs the method's bundle configs exactly as ``python -m monai.bundle run`` would (``train.json`` then
 ``inference.json``), with one output folder per run so runs on different data never share checkpoints. A method whose
 inference filters pairs with a segmenter (AugPaint, DiffuseExpand) trains it in its ``train.json`` too
-(``bundles/segmentation`` on the same labelled pairs), unless ``--segmenter_ckpt`` names one (or ``None``: unfiltered)::
+(``bundles/segmentation`` on the same labelled pairs), unless ``--segmenter_ckpt`` names one (``--filter False``:
+unfiltered)::
 
     python -m scripts.augment augpaint                                   # embedded phantoms, quick CPU profile
     python -m scripts.augment augpaint --data ../shared/data/usgra_nerve_vessel --labelled 10 --seed 0
@@ -91,7 +92,7 @@ def augment(
     inference = bundle.config("inference")
     image_size = image_size or _bundle_image_size(bundle.config("train"))
     has_filter = _trains_filter_segmenter(bundle.config("train"))
-    needs_segmenter = has_filter and "segmenter_ckpt" not in knobs
+    needs_segmenter = has_filter and knobs.get("filter", True) and "segmenter_ckpt" not in knobs
     # every problem of the data and of the settings before the first stage trains
     val_fraction = dict(segmenter_knobs or {}).get("val_fraction", SEGMENTER_VAL_FRACTION) if needs_segmenter else 0.0
     validate_dataset(data, labelled, seed, val_fraction, allow_outside_paths=allow_outside_paths)

@@ -72,8 +72,8 @@ def _generator_and_run(bundle: Bundle, models: str, knobs: Mapping[str, Any]) ->
     parser = ConfigParser()
     parser.read_config(config)
     parser.update({"bundle_root": str(bundle.root), "ckpt_dir": models, "progress": False, **knobs})
-    if "segmenter_ckpt" in parser:
-        parser["segmenter_ckpt"] = None  # the generator alone: the filter is not benchmarked
+    if "filter" in parser:
+        parser["filter"] = False  # the generator alone: the filter is not benchmarked
     run = parser.get_parsed_content("generation")
     return run.generator, run
 
