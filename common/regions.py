@@ -23,6 +23,7 @@ __all__ = [
     "boxes_to_mask",
     "shape_mask",
     "keep_mask",
+    "regenerated_fraction",
     "to_latent_grid",
     "MASK_MODES",
 ]
@@ -111,3 +112,16 @@ def to_latent_grid(mask: torch.Tensor, latent_size: Sequence[int], rule: str = "
     if rule == "all":
         return -F.adaptive_max_pool2d(-mask, tuple(latent_size))
     raise ValueError(f"latent grid rule must be 'any' or 'all', got {rule!r}")
+
+
+def regenerated_fraction(
+    labels: torch.Tensor, mode: str = "box", margin: int = 0, latent_size: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Per image (B,), the fraction an inpainting method regenerates: everything outside the keep mask of
+    :func:`keep_mask`, counted on the latent grid when ``latent_size`` is given (a cell is kept when any of its pixels
+    is, :func:`to_latent_grid`'s default). Near 0, the synthetic pairs are near-copies of their sources: class boxes
+    that cover the whole image (large structures) leave nothing to regenerate."""
+    keep = keep_mask(labels, mode, margin)
+    if latent_size is not None:
+        keep = to_latent_grid(keep, latent_size)
+    return 1.0 - keep.mean(dim=(1, 2, 3))

@@ -21,7 +21,7 @@ from common.data import load_splits, phantom_dataset, read_orientation
 from common.data.laterality import Orientation, seeded_flips
 from common.evaluation.controls import make_control_set
 from common.generation import GenerationRun, JobBatch, jobs_from_pairs
-from common.regions import keep_mask, to_latent_grid
+from common.regions import keep_mask, regenerated_fraction, to_latent_grid
 
 SIZE = 32
 NUM_CLASSES = 5
@@ -150,6 +150,29 @@ def test_conditional_network_gets_the_masked_latent_and_keep_mask():
     new_images, new_labels = inpainter(JobBatch([0, 1], images, labels))
     assert set(inpainter.network.input_channels) == {2 * 16 + 1}  # cat(x_t, masked latent, keep mask)
     assert new_images.shape == images.shape and torch.equal(new_labels, labels)
+
+
+def test_pairs_whose_boxes_cover_the_image_get_one_warning_and_shape_mode_none(caplog):
+    """Boxes that cover the image (large structures, the chest X-ray case) leave little to regenerate: told once."""
+    images = torch.rand(2, 1, SIZE, SIZE)
+    rows, columns = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    diagonal = ((rows - columns).abs() <= 1).long()  # a thin structure across the image: its box is the whole image
+    labels = diagonal.expand(2, 1, SIZE, SIZE).clone()
+    assert float(regenerated_fraction(labels, "box", latent_size=(8, 8)).max()) == 0.0
+    assert float(regenerated_fraction(labels, "shape", latent_size=(8, 8)).min()) > 0.5
+    inpainter = exact_inpainter()
+    with caplog.at_level("WARNING", logger="augpaint.inpainter"):
+        inpainter(JobBatch([0, 1], images, labels))
+        inpainter(JobBatch([2, 3], images, labels))
+    warnings = [r.getMessage() for r in caplog.records if "regenerates only" in r.getMessage()]
+    assert len(warnings) == 1 and "--mask_mode shape" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="augpaint.inpainter"):
+        exact_inpainter(mask_mode="shape")(JobBatch([0, 1], images, labels))  # the diagonal only
+        small = torch.zeros_like(labels)
+        small[:, :, 4:8, 4:8] = 1
+        exact_inpainter()(JobBatch([0, 1], images, small))
+    assert not caplog.records
 
 
 def test_bad_settings_are_named():

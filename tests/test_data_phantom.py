@@ -9,11 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
-from common.data import PHANTOM_CLASSES, load_splits, phantom_dataset, read_class_names, render_phantom
+from common.data import (
+    PHANTOM_CLASSES,
+    load_splits,
+    phantom_dataset,
+    read_class_names,
+    read_orientation,
+    render_phantom,
+)
 from common.data import phantom as phantom_module
+from common.regions import regenerated_fraction
 
 
 def _digest(folder: str) -> dict[str, str]:
@@ -186,3 +195,27 @@ def test_lateral_layout_has_a_look_alike_pair_told_apart_only_by_side(tmp_path):
     assert (lesion == 5).any()
     with pytest.raises(ValueError, match="layout"):
         render_phantom((64, 64), seed=0, index=0, has_rare=False, layout="mirrored")
+
+
+def test_thorax_layout_has_large_structures_whose_boxes_leave_little_to_regenerate(tmp_path):
+    """The chest X-ray case: lungs, heart and clavicles whose class boxes cover most of the image, so box-mode
+    inpainting regenerates far less than on the default phantoms (mostly the corners)."""
+    folder = Path(phantom_dataset(root=tmp_path, num_images=60, layout="thorax"))
+    assert read_class_names(folder) == ["background", "right_lung", "left_lung", "heart", "clavicles", "nodule"]
+    assert [sorted(pair) for pair in read_orientation(folder).lateral_pairs] == [[1, 2]]  # paired by their names
+    regenerated = {}
+    for layout in ("thorax", "standard"):
+        labels = torch.stack(
+            [
+                torch.from_numpy(render_phantom((64, 64), 0, index, index == 0, layout=layout)[1]).long()[None]
+                for index in range(60)
+            ]
+        )
+        regenerated[layout] = float(regenerated_fraction(labels, "box").mean())
+        if layout == "thorax":
+            lungs = [(labels[i, 0] == c).nonzero()[:, 1].float().mean() for i in range(60) for c in (1, 2)]
+            assert all(float(column) < 32 for column in lungs[0::2] if not column.isnan())  # right lung on the left
+            assert all(float(column) > 32 for column in lungs[1::2] if not column.isnan())
+            assert float((labels[:, 0] > 0).float().mean()) > 0.4  # large: over 40 % of the pixels are labelled
+            assert (labels == 5).any()
+    assert regenerated["thorax"] < 0.45 and regenerated["standard"] > 0.6

@@ -19,7 +19,12 @@ from common.evaluation import LeakageError, check_provenance, load_synthetic_pai
 from common.evaluation.arms import CLASSIC, REAL, scheme_arms, standard_arms, synthetic_arms, synthetic_set_name
 from common.evaluation.controls import extra_real_copies, make_control_set, paste_on_background
 from common.evaluation.protocol import check_set_names, parse_schemes
-from common.evaluation.quality import class_condition_agreement, sample_diversity, unet_bottleneck_features
+from common.evaluation.quality import (
+    class_condition_agreement,
+    regenerated_share,
+    sample_diversity,
+    unet_bottleneck_features,
+)
 from common.evaluation.report import score_summary, summarise, to_markdown, write_class_figure
 from common.evaluation.runs import files_digest, run_record
 from common.io import SyntheticDatasetWriter
@@ -366,6 +371,20 @@ def test_summaries_compare_every_arm_with_its_real_and_classic_references(tmp_pa
     }
     markdown = to_markdown(full)
     assert "| real + x |" in markdown and "+0.100" in markdown and "vs classic aug [95% CI]" in markdown
+    quality = {
+        "fid": 1.0,
+        "kid": 0.1,
+        "num_synthetic": 3,
+        "real_only_dice": {"class_mean": {"mean": 0.5, "std": 0, "n": 1}},
+    }
+    noise_made = to_markdown({**full, "generator_quality": {"from noise": quality}})
+    assert (
+        "regenerated" not in noise_made and "sides kept" not in noise_made
+    )  # columns only data or sets that have them
+    inpainted = to_markdown(
+        {**full, "generator_quality": {"from noise": quality, "inpainted": {**quality, "regenerated": 0.25}}}
+    )
+    assert "| regenerated |" in inpainted and "| 0.25 |" in inpainted
     figure = write_class_figure(full, str(tmp_path / "dice.png"))
     assert Image.open(figure).size[0] > 300
 
@@ -378,6 +397,22 @@ def test_diversity_is_the_ms_ssim_of_images_from_the_same_source(tmp_path):
     assert sample_diversity(same) == pytest.approx(1.0, abs=1e-4)
     assert sample_diversity(different) < 0.2
     assert np.isnan(sample_diversity(same[:1]))
+
+
+def test_regenerated_share_is_read_from_each_pair_s_source_mask_and_the_set_s_mask_settings(tmp_path):
+    small, large = np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)
+    small[2:6, 2:6] = 1  # a 4x4 box: 1/16 of the image
+    large[1:15, 1:15] = 2  # a 14x14 box
+    for name, mask in (("small", small), ("large", large)):
+        Image.fromarray(mask).save(tmp_path / f"{name}.png")
+    pairs = [{"image": "x", "source_label": str(tmp_path / f"{n}.png")} for n in ("small", "small", "large")]
+    config = {"mask_mode": "box", "box_margin": 0, "image_size": 8}  # masks read at 8 px: boxes of 2x2 and 7x7
+    assert regenerated_share(pairs, config) == pytest.approx((2 * (1 - 4 / 64) + (1 - 49 / 64)) / 3)
+    # on the latent grid of an f=4 autoencoder (2x2 cells), each box touches 1 and 4 cells
+    assert regenerated_share(pairs, {**config, "latent_factor": 4}) == pytest.approx((2 * 3 / 4 + 0) / 3)
+    assert regenerated_share(pairs, {**config, "box_margin": 1}) < regenerated_share(pairs, config)
+    assert regenerated_share(pairs, {"image_size": 8}) is None  # not an inpainting set
+    assert regenerated_share([{"image": "x"}], config) is None  # made from noise
 
 
 def test_a_command_line_list_of_synthetic_sets_is_read_with_or_without_quotes():

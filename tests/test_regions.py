@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.data.laterality import Orientation, seeded_flips
-from common.regions import boxes_to_mask, class_boxes, keep_mask, shape_mask, to_latent_grid
+from common.regions import boxes_to_mask, class_boxes, keep_mask, regenerated_fraction, shape_mask, to_latent_grid
 
 
 def two_class_label() -> torch.Tensor:
@@ -93,3 +93,15 @@ def test_seeded_flips_move_structures_to_mirrored_positions_with_their_masks():
     assert outcomes == {(), (-2,), (-1,), (-2, -1)}
     batch, _ = seeded_flips(image.repeat(3, 1, 1, 1), label.repeat(3, 1, 1, 1), [0, 5, 9], both)
     assert torch.equal(batch[1:2], seeded_flips(image, label, [5], both)[0])  # a pair's flips depend on its seed only
+
+
+def test_regenerated_fraction_is_what_the_keep_mask_leaves_in_pixels_and_latent_cells():
+    label = two_class_label()  # class 1 box rows 1-5 x cols 1-2 (10 px), class 3 box rows 4-5 x cols 5-6 (4 px)
+    assert float(regenerated_fraction(label, "box")) == pytest.approx(1 - 14 / 64)
+    assert float(regenerated_fraction(label, "shape")) == pytest.approx(1 - 9 / 64)  # 4 + 1 + 4 labelled pixels
+    # on a 2x2 latent grid (4x4 pixel cells) a cell touched by a box is kept: only the top-right one is regenerated
+    assert float(regenerated_fraction(label, "box", latent_size=(2, 2))) == 0.25
+    # 4x4 grid (2x2 pixel cells): class 1's box touches cells rows 0-2 x col 0-1 (6), class 3's rows 2 x cols 2-3 (2)
+    assert float(regenerated_fraction(label, "box", latent_size=(4, 4))) == pytest.approx(1 - 8 / 16)
+    unlabelled = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    assert regenerated_fraction(torch.cat([label, unlabelled]), "box")[1] == 1.0

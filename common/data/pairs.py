@@ -40,6 +40,7 @@ PHANTOM_NAMES = {  # name -> (domain, layout) of common.data.phantom
     "phantoms": ("source", "standard"),
     "phantoms_shifted": ("shifted", "standard"),
     "phantoms_lateral": ("source", "lateral"),
+    "phantoms_thorax": ("source", "thorax"),
 }
 IMAGE_DIRS = ("images",)
 MASK_DIRS = ("masks", "labels")

@@ -18,6 +18,11 @@ half (the radiological convention), with the same look, so only their side tells
 rare lesion (inside a lobe) follow as above, at indices 3, 4, 5. A left-right flip that does not swap the two
 labels teaches contradictory labels on it (:mod:`common.data.laterality`).
 
+The ``"thorax"`` layout has large structures, as a chest X-ray: ``right_lung`` (image left) and ``left_lung`` (image
+right), tall dark ellipses of ~0.37 S semi-axis; a ``heart`` between them, drawn over the lungs; ``clavicles``, two thin
+bright bars across the top (one class); the rare ``nodule`` inside a lung. Their class boxes cover most of the image,
+the case where box-mode inpainting has almost nothing left to regenerate (:func:`common.regions.regenerated_fraction`).
+
 The geometry of image ``i`` depends only on ``(seed, i)``, its look on ``(seed, i, domain)``: ``domain="shifted"``
 gives the same masks with another appearance (lower contrast, gamma, blur, multiplicative speckle), i.e. a paired
 second domain; use another ``seed`` for an unpaired one. Everything is drawn with numpy Generators, so the same
@@ -40,6 +45,7 @@ from PIL import Image
 __all__ = [
     "LATERAL_PHANTOM_CLASSES",
     "PHANTOM_CLASSES",
+    "THORAX_PHANTOM_CLASSES",
     "PhantomScene",
     "phantom_dataset",
     "render_phantom",
@@ -50,8 +56,15 @@ logger = logging.getLogger(__name__)
 
 PHANTOM_CLASSES = ("background", "organ", "vessel", "nerve", "lesion")
 LATERAL_PHANTOM_CLASSES = ("background", "right_lobe", "left_lobe", "vessel", "nerve", "lesion")
-LAYOUTS = {"standard": PHANTOM_CLASSES, "lateral": LATERAL_PHANTOM_CLASSES}
-LATERAL_LOOK = (0, 1, 1, 2, 3, 4)  # lateral class index -> the standard class whose intensity and texture it has
+THORAX_PHANTOM_CLASSES = ("background", "right_lung", "left_lung", "heart", "clavicles", "nodule")
+LAYOUTS = {"standard": PHANTOM_CLASSES, "lateral": LATERAL_PHANTOM_CLASSES, "thorax": THORAX_PHANTOM_CLASSES}
+# class index -> the standard class whose intensity and texture it has
+LOOKS = {
+    "standard": tuple(range(len(PHANTOM_CLASSES))),
+    "lateral": (0, 1, 1, 2, 3, 4),
+    "thorax": (0, 2, 2, 1, 3, 4),  # dark lungs, a mid-grey heart, bright clavicles, the brightest nodule
+}
+THORAX_PRESENCE = {"lungs": 0.95, "heart": 0.9, "clavicles": 0.85}
 LOBE_PRESENCE = 0.9
 PHANTOM_VERSION = 1  # part of the cache folder name: bump when the drawing changes so old caches are not reused
 RARE_CLASS = 4
@@ -101,6 +114,9 @@ class PhantomScene:
         self.rows, self.cols = rows + 0.5, cols + 0.5
         self.size = float(min(shape))
         self.layers: list[tuple[int, np.ndarray]] = []
+        if layout == "thorax":
+            self._thorax(has_rare)
+            return
         offset = 0 if layout == "standard" else 1  # the lateral layout's vessel, nerve and lesion come one index later
         organ = self._organ() if layout == "standard" else self._lobes()
         if self._present(2):
@@ -130,6 +146,30 @@ class PhantomScene:
                 union |= lobe
         return union if union.any() else None
 
+    def _thorax(self, has_rare: bool) -> None:
+        """Lungs (tall ellipses at a third and two thirds of the width), heart over them, clavicles at the top."""
+        lungs = np.zeros(self.shape, dtype=bool)
+        for label, column in ((1, 0.3), (2, 0.7)):
+            if self.rng.random() < THORAX_PRESENCE["lungs"]:
+                centre = (self.rng.uniform(0.52, 0.58) * self.shape[0], self.rng.uniform(-0.03, 0.03) + column)
+                centre = (centre[0], centre[1] * self.shape[1])
+                angle = np.pi / 2 + self.rng.uniform(-0.12, 0.12)
+                lung = self.blob(centre, 0.34, 0.4, 0.5, 0.6, wobble=0.06, angle=angle)
+                self.layers.append((label, lung))
+                lungs |= lung
+        if self.rng.random() < THORAX_PRESENCE["heart"]:
+            centre = (self.rng.uniform(0.6, 0.68) * self.shape[0], self.rng.uniform(0.48, 0.56) * self.shape[1])
+            self.layers.append((3, self.blob(centre, 0.15, 0.2, 0.7, 0.9, wobble=0.06)))
+        if self.rng.random() < THORAX_PRESENCE["clavicles"]:
+            bars = np.zeros(self.shape, dtype=bool)
+            for column, tilt in ((0.3, 0.25), (0.7, -0.25)):
+                centre = (self.rng.uniform(0.14, 0.2) * self.shape[0], column * self.shape[1])
+                bars |= self.blob(centre, 0.2, 0.24, 0.12, 0.16, wobble=0.03, angle=tilt + self.rng.uniform(-0.1, 0.1))
+            self.layers.append((4, bars))
+        if has_rare:
+            centre = self._centre_inside(lungs) if lungs.any() else self._centre(0.25)
+            self.layers.append((5, self.blob(centre, 0.04, 0.065, 0.8, 1.0, wobble=0.08, min_radius=2.0)))
+
     def _present(self, label: int) -> bool:
         return bool(self.rng.random() < PRESENCE[label])
 
@@ -149,11 +189,14 @@ class PhantomScene:
         pick = int(self.rng.integers(len(rows)))
         return (rows[pick] + 0.5, cols[pick] + 0.5)
 
-    def blob(self, centre, r_min, r_max, aspect_min, aspect_max, wobble: float, min_radius: float = 1.5):
-        """Rotated ellipse (semi-axes as fractions of the image size) with a wavy outline."""
+    def blob(
+        self, centre, r_min, r_max, aspect_min, aspect_max, wobble: float, min_radius: float = 1.5, angle=None
+    ) -> np.ndarray:
+        """Rotated ellipse (semi-axes as fractions of the image size) with a wavy outline; a random angle unless
+        ``angle`` (radians, the major axis from the horizontal) is given."""
         radius = max(self.rng.uniform(r_min, r_max) * self.size, min_radius)
         minor = max(radius * self.rng.uniform(aspect_min, aspect_max), min_radius)
-        angle = self.rng.uniform(0, np.pi)
+        angle = self.rng.uniform(0, np.pi) if angle is None else angle
         dy, dx = self.rows - centre[0], self.cols - centre[1]
         u = dx * np.cos(angle) + dy * np.sin(angle)
         v = -dx * np.sin(angle) + dy * np.cos(angle)
@@ -177,8 +220,7 @@ def render_phantom(
     _check(domain, layout)
     scene = PhantomScene(shape, np.random.default_rng([seed, index, 0]), has_rare, layout)
     label = scene.label_map()
-    look_of = np.asarray(LATERAL_LOOK if layout == "lateral" else range(len(PHANTOM_CLASSES)), dtype=np.uint8)
-    looks = look_of[label]
+    looks = np.asarray(LOOKS[layout], dtype=np.uint8)[label]
     look = np.random.default_rng([seed, index, 1 + DOMAINS.index(domain)])
     size = float(min(shape))
     image = MEANS[0] + TEXTURE[0] * smooth_field(look, shape, size / 10) + 0.04 * smooth_field(look, shape, size / 40)

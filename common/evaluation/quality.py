@@ -8,6 +8,9 @@
 - Laterality, for data with lateral class pairs: how often a synthetic mask has each pair on the sides the real masks
   have it (left lung on the image's right, say), compared by the mean column of the two classes.
 - Diversity: the mean MS-SSIM between the images made from the same source pair or condition (lower: more diverse).
+- Regenerated share, for inpainting sets (AugPaint): the mean fraction of each image outside the kept region of its
+  source mask, i.e. what the generator actually made; near 0 the pairs are near-copies of the real ones (class boxes
+  of large structures cover the whole image).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,12 +29,14 @@ from monai.networks.layers import SkipConnection
 from common.data import Orientation, foreground_classes, pair_transforms
 from common.metrics import extract_features, kernel_inception_distance, ms_ssim
 from common.networks import DeepEnsemble
+from common.regions import regenerated_fraction
 
 __all__ = [
     "class_condition_agreement",
     "image_feature_distances",
     "lateral_side_agreement",
     "load_images",
+    "regenerated_share",
     "sample_diversity",
     "synthetic_feature_distances",
     "unet_bottleneck_features",
@@ -192,3 +197,21 @@ def lateral_side_agreement(
         "kept": int(kept.sum()),
         "real_sides": real_sides[0::3].astype(int).tolist(),
     }
+
+
+def regenerated_share(pairs: Sequence[dict], config: Mapping[str, Any]) -> float | None:
+    """Mean fraction of each synthetic image an inpainting set regenerated: outside the keep mask (its config's
+    ``mask_mode`` and ``box_margin``) of the pair's source mask at the set's ``image_size``, on the latent grid when
+    the config records ``latent_factor`` (a flip moves the kept region, not its size). None for sets without
+    ``mask_mode`` or source masks (made from noise: all of each image is new)."""
+    sources = [p["source_label"] for p in pairs if p.get("source_label")]
+    if "mask_mode" not in config or not sources:
+        return None
+    size = int(config["image_size"])
+    load = pair_transforms(size, keys=("label",), augment=False)
+    masks = {path: load({"label": path})["label"] for path in set(sources)}
+    labels = torch.stack([masks[path] for path in sources]).long()
+    factor = config.get("latent_factor")
+    latent_size = (size // int(factor),) * 2 if factor else None
+    share = regenerated_fraction(labels, config["mask_mode"], int(config.get("box_margin") or 0), latent_size)
+    return float(share.mean())

@@ -9,9 +9,16 @@ DDIM steps take ``eta``: the paper's Algorithm 1 adds the noise term ``tau_t z``
 ``sigma_t`` with ``eta = 1`` (the DDPM posterior variance on the respaced chain); ``eta = 0`` is deterministic DDIM.
 The decoded image and the source mask (flipped alike) are the new pair. The conditional variant also feeds the
 network the masked image latent and the keep mask (:func:`augpaint.conditioning.masked_image_condition`).
+
+Large structures (lungs, heart and clavicles on a chest X-ray) have class boxes that cover most of the image: box
+mode then regenerates only the corners and the pairs are near-copies of the real ones. The generator warns once when
+a batch regenerates less than :data:`MIN_REGENERATED` of its latent grid; the evaluation reports the share of every
+inpainting set (:func:`common.evaluation.quality.regenerated_share`).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from monai.networks.schedulers import Scheduler
@@ -23,7 +30,11 @@ from common.generation import JobBatch
 from common.regions import MASK_MODES, keep_mask, to_latent_grid
 from common.sampling import DenoisingLoop, KnownRegionMerge, UNetDenoiser
 
-__all__ = ["LatentInpainter"]
+__all__ = ["MIN_REGENERATED", "LatentInpainter"]
+
+logger = logging.getLogger(__name__)
+
+MIN_REGENERATED = 0.3  # below this share of the latent grid regenerated, the pairs are mostly copies of the sources
 
 
 class LatentInpainter:
@@ -72,6 +83,7 @@ class LatentInpainter:
         self.loop = DenoisingLoop(scheduler, num_inference_steps, eta=eta, progress=progress, description="inpainting")
         self.scale_factor = float(scale_factor)
         self.mask_mode = mask_mode
+        self._warned = False
         self.box_margin = box_margin
         self.flip = flip
         self.orientation = orientation or Orientation()
@@ -91,8 +103,22 @@ class LatentInpainter:
             masked_image_condition(self.autoencoder, images, keep, self.scale_factor) if self.conditional else None
         )
         generators = [torch.Generator(device=images.device).manual_seed(int(s)) for s in batch.seeds]
-        hook = KnownRegionMerge(self.loop.scheduler, known, to_latent_grid(keep, known.shape[-2:]))
+        latent_keep = to_latent_grid(keep, known.shape[-2:])
+        self._check_regenerated(float(1 - latent_keep.mean()))
+        hook = KnownRegionMerge(self.loop.scheduler, known, latent_keep)
         denoiser = UNetDenoiser(self.network, condition, mode="concat")
         latents = self.loop(denoiser, generators, known.shape[1:], hooks=[hook], dtype=known.dtype)
         decoded = self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor)
         return decoded.clamp(0.0, 1.0), labels
+
+    def _check_regenerated(self, share: float) -> None:
+        """Warn once when the kept region leaves less than :data:`MIN_REGENERATED` of the latent grid to sample."""
+        if share >= MIN_REGENERATED or self._warned:
+            return
+        self._warned = True
+        hint = "; --mask_mode shape keeps only the labelled pixels" if self.mask_mode == "box" else ""
+        logger.warning(
+            f"AugPaint regenerates only {share:.0%} of the latent grid of these pairs ({self.mask_mode} mode, margin "
+            f"{self.box_margin}): the labelled structures cover most of the image, so the synthetic pairs will be "
+            f"near-copies of the real ones{hint}"
+        )

@@ -1,0 +1,179 @@
+"""The efficacy study's report: ``docs/efficacy.md`` from what :mod:`scripts.study` wrote.
+
+Tables: the selection (every cell's gain over ``real + classic aug`` on the selection-validation pairs, the chosen
+one marked); the test split at the selection's labelled count (every cell and its controls, with its generator's
+quality); the learning
+curve (the chosen cells at every labelled count). A figure plots the gain over classic augmentation with its 95 %
+interval against the labelled count, per method. Parts not run yet are said to be missing, never filled in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from common.evaluation.arms import CLASSIC, REAL
+from common.files import atomic_files, read_json
+from common.metrics import markdown_table
+
+__all__ = ["write_report"]
+
+BEGIN, END = "<!-- study results: begin -->", "<!-- study results: end -->"
+
+
+def _interval(difference: Mapping | None) -> str:
+    if not difference:
+        return ""
+    gain = " (gain)" if difference["low"] > 0 else " (loss)" if difference["high"] < 0 else ""
+    return f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}]{gain}"
+
+
+def _dice(arm: Mapping | None) -> str:
+    if not arm:
+        return ""
+    summary = arm["dice"]["class_mean"]
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+
+def _set_arm(results: Mapping, set_name: str) -> Mapping | None:
+    return results["arms"].get(f"{CLASSIC} + {set_name}")
+
+
+def _set_name(results: Mapping, method: str, cell: str) -> str | None:
+    """The evaluation's name of the set of ``method``'s ``cell`` (its run folder is the cell's name)."""
+    name = f"{method} ({cell})"
+    return name if _set_arm(results, name) else None
+
+
+def _selection_section(plan: Mapping, out: str) -> str:
+    selection = read_json(os.path.join(out, "selection.json"))
+    if selection is None:
+        return "\n### Selection\n\nNot run yet.\n"
+    rows = []
+    for method, cells in plan["methods"].items():
+        for cell in cells:
+            gain = selection["gains"].get(f"{method}/{cell['name']}")
+            chosen = selection["chosen"][method] == cell["name"]
+            rows.append({"method": method, "cell": cell["name"], "validation gain [95% CI]": _interval(gain),
+                         "chosen": "yes" if chosen else ""})  # fmt: skip
+    return (
+        f"\n### Selection ({selection['labelled']} labelled pairs, scored on the selection-validation pairs)\n\n"
+        + markdown_table(rows, ["method", "cell", "validation gain [95% CI]", "chosen"])
+    )
+
+
+def _grid_section(plan: Mapping, results: Mapping | None, labelled: Any) -> str:
+    title = f"\n### Test split, every cell ({labelled} labelled pairs)\n\n"
+    if results is None:
+        return title + "Not run yet.\n"
+    rows = [
+        {"arm": name, "Dice": _dice(results["arms"].get(name)), "vs real + classic aug [95% CI]": ""}
+        for name in (REAL, CLASSIC)
+    ]
+    for method, cells in plan["methods"].items():
+        for cell in cells:
+            name = _set_name(results, method, cell["name"])
+            if name is None:
+                continue
+            arm = _set_arm(results, name)
+            quality = results.get("generator_quality", {}).get(name, {})
+            regenerated = quality.get("regenerated")
+            rows.append(
+                {
+                    "arm": f"{CLASSIC} + {name}",
+                    "Dice": _dice(arm),
+                    "vs real + classic aug [95% CI]": _interval(arm["differences"].get("classic", {}).get("dice")),
+                    "FID": f"{quality['fid']:.1f}" if "fid" in quality else "",
+                    "Real-Only Dice": f"{quality['real_only_dice']['class_mean']['mean']:.3f}" if quality else "",
+                    "regenerated": f"{regenerated:.2f}" if regenerated is not None else "",
+                }
+            )
+            for control, control_arm in results["arms"].items():
+                if control.startswith(f"{CLASSIC} + {name} control:"):
+                    difference = control_arm["differences"].get("classic", {}).get("dice")
+                    rows.append({"arm": f"... {control}", "Dice": _dice(control_arm),
+                                 "vs real + classic aug [95% CI]": _interval(difference)})  # fmt: skip
+    columns = ["arm", "Dice", "vs real + classic aug [95% CI]", "FID", "Real-Only Dice", "regenerated"]
+    return title + markdown_table(rows, columns)
+
+
+def _curve(plan: Mapping, out: str, chosen: Mapping[str, str]) -> dict[str, dict[Any, Mapping]]:
+    """Per method, per labelled count: the gain of its chosen cell over classic augmentation."""
+    counts = plan.get("test", {}).get("learning_curve", [])
+    curve: dict[str, dict[Any, Mapping]] = {method: {} for method in chosen}
+    for labelled in counts:
+        results = read_json(
+            os.path.join(out, "test", f"n{labelled if labelled else 'all'}", "evaluation", "results.json")
+        )
+        if results is None:
+            continue
+        for method, cell in chosen.items():
+            name = _set_name(results, method, cell)
+            if name is not None:
+                curve[method][labelled] = _set_arm(results, name)["differences"]["classic"]["dice"]
+    return curve
+
+
+def _write_curve_figure(curve: Mapping[str, Mapping[Any, Mapping]], path: str) -> str | None:
+    points = {
+        m: sorted(((n or 0, d) for n, d in by_count.items()), key=lambda p: p[0]) for m, by_count in curve.items()
+    }
+    if not any(points.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for index, (method, method_points) in enumerate(points.items()):
+        if not method_points:
+            continue
+        x = [n + 0.6 * (index - 1) for n, _ in method_points]
+        means = [d["mean"] for _, d in method_points]
+        errors = [[d["mean"] - d["low"] for _, d in method_points], [d["high"] - d["mean"] for _, d in method_points]]
+        axis.errorbar(x, means, yerr=errors, marker="o", capsize=3, label=method)
+    axis.axhline(0.0, color="grey", linewidth=0.8)
+    axis.set_xlabel("labelled pairs (0: all)")
+    axis.set_ylabel("Dice gain over real + classic aug")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_report(plan: Mapping, out: str, report: str, plan_path: str) -> str:
+    """Write the study's results between the report's result markers (the plan text around them is kept; a new
+    report gets a heading). Returns ``report``."""
+    selection = read_json(os.path.join(out, "selection.json"))
+    grid_count = plan.get("selection", {}).get("labelled", 10)
+    grid = read_json(os.path.join(out, "test", f"n{grid_count}", "evaluation", "results.json"))
+    text = f"{BEGIN}\n\n## Results\n\nPlan `{plan_path}`, study folder `{out}`.\n"
+    text += _selection_section(plan, out) + _grid_section(plan, grid, grid_count)
+    text += "\n### Learning curve (the chosen cells)\n\n"
+    if selection is None:
+        text += "Not run yet.\n"
+    else:
+        curve = _curve(plan, out, selection["chosen"])
+        counts = plan.get("test", {}).get("learning_curve", [])
+        rows = [
+            {"method": f"{method} ({selection['chosen'][method]})", **{f"n = {n or 'all'}": _interval(by_count.get(n))
+                                                                      for n in counts}}
+            for method, by_count in curve.items()
+        ]  # fmt: skip
+        text += markdown_table(rows, ["method", *[f"n = {n or 'all'}" for n in counts]])
+        figure = _write_curve_figure(
+            curve, os.path.join(os.path.dirname(os.path.abspath(report)), "efficacy_curve.png")
+        )
+        if figure:
+            text += "\n![gain over classic augmentation against the labelled count](efficacy_curve.png)\n"
+    text += f"\n{END}\n"
+    existing = Path(report).read_text() if os.path.isfile(report) else "# Efficacy study\n\n"
+    if BEGIN in existing and END in existing:
+        existing = existing[: existing.index(BEGIN)] + existing[existing.index(END) + len(END) + 1 :]
+    with atomic_files(report) as (temp,), open(temp, "w") as f:
+        f.write(existing.rstrip("\n") + "\n\n" + text)
+    return report
