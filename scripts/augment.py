@@ -61,6 +61,7 @@ def augment(
     seed: int = 0,
     image_size: int | None = None,
     out: str | None = None,
+    models: str | None = None,
     profile: str = "quick",
     retrain: bool = False,
     train_knobs: dict | None = None,
@@ -78,6 +79,8 @@ def augment(
         image_size: images are resized to this square size for every stage (the papers work at 256 px); default the
             bundle's own (``image_size`` of its ``train.json``: 64 px, DiffuseExpand's pixel-space DDPM 32 px).
         out: output folder (models/ and synthetic/ inside); default ``outputs/<method>/<data>_n<N>_s<seed>``.
+        models: the checkpoints' folder, default ``<out>/models``; runs that differ only in generation knobs can
+            share one (a stage trained with other settings is retrained, never reused).
         profile: "quick" (CPU, minutes) or "paper" (the paper's sizes, for a GPU).
         retrain: train every stage again even when its checkpoint exists.
         train_knobs: config ids of the generative stages (budgets and network sizes, e.g.
@@ -88,7 +91,7 @@ def augment(
     """
     bundle = method_bundle(method)
     out = out or default_output_dir(method, data, labelled, seed)
-    models = os.path.join(out, "models")
+    models = models or os.path.join(out, "models")
     inference = bundle.config("inference")
     image_size = image_size or _bundle_image_size(bundle.config("train"))
     has_filter = _trains_filter_segmenter(bundle.config("train"))

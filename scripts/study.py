@@ -22,6 +22,8 @@ resumes where it stopped: every generator stage, synthetic pair and trained arm 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -73,6 +75,12 @@ def selection_data(data: str, labelled: int, seed: int, fraction: float, out: st
     return path
 
 
+def _training_key(cell: Mapping[str, Any]) -> str:
+    """A folder name for the generator a cell trains: cells with the same profile and training knobs share it."""
+    training = {"profile": cell.get("profile", "quick"), "train_knobs": cell.get("train_knobs") or {}}
+    return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def make_sets(
     plan: Mapping[str, Any], data: str, labelled: int | None, out: str, cells: Mapping[str, Sequence[Mapping]]
 ) -> dict[str, str]:
@@ -87,6 +95,7 @@ def make_sets(
                 seed=plan.get("seed", 0),
                 image_size=cell.get("image_size"),  # None: the bundle's own (the arms' size is the plan's)
                 out=os.path.join(out, method, cell["name"]),
+                models=os.path.join(out, method, "models_" + _training_key(cell)),
                 profile=cell.get("profile", "quick"),
                 train_knobs=cell.get("train_knobs"),
                 segmenter_knobs=plan.get("segmenter_knobs"),
@@ -128,7 +137,7 @@ def select(plan: Mapping[str, Any], out: str) -> dict[str, str]:
     data = selection_data(plan["data"], labelled, plan.get("seed", 0), part.get("fraction", 0.2), out)
     sets = make_sets(plan, data, None, os.path.join(out, "selection"), plan["methods"])
     results = run_evaluation(
-        plan, part, data, None, list(sets.values()), controls=False, synthetic_only=False,
+        plan, part, data, None, list(sets.values()), controls=False, synthetic_only=False, plain_synthetic=False,
         out=os.path.join(out, "selection", "evaluation"),
     )  # fmt: skip
     gains = {label: gain_over_classic(results, path) for label, path in sets.items()}

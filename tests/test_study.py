@@ -61,6 +61,7 @@ def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tm
     assert selection["chosen"]["augpaint"] == max(gains, key=lambda c: (gains[c], c == "quick"))
     selection_results = read_json(str(out / "selection" / "evaluation" / "results.json"))
     assert selection_results["training_pairs"] == 4  # the arms train on the selection-training pairs
+    assert "real + augpaint (quick)" not in selection_results["arms"]  # only what selection compares is trained
     assert Path(selection_results["test_data"]).name == "datalist.json"  # and are scored on the held-out two
 
     grid = read_json(str(out / "test" / "n6" / "evaluation" / "results.json"))
@@ -73,7 +74,9 @@ def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tm
     assert "augpaint (quick) control: noise background" in text  # every cell's controls beside it
     assert "n = 4" in text and "n = 6" in text
 
-    model = out / "test" / "n6" / "augpaint" / "quick" / "models" / "model.pt"
+    models = sorted((out / "test" / "n6" / "augpaint").glob("models_*"))
+    assert len(models) == 1  # the two cells differ only in generation knobs: one generator serves both
+    model = models[0] / "model.pt"
     modified = model.stat().st_mtime
     study(str(plan_path), out=str(out), report=str(report))  # resumes: nothing is trained again
     assert model.stat().st_mtime == modified

@@ -88,13 +88,15 @@ def synthetic_arms(
     seed: int,
     controls: bool = True,
     synthetic_only: bool = False,
+    plain_synthetic: bool = True,
 ) -> list[Arm]:
-    """The arms of one synthetic set: with and without classic augmentation, the method's controls (with classic
-    augmentation, the setting that matters) and, when asked, the set alone."""
+    """The arms of one synthetic set: with classic augmentation (the setting that matters) and, with
+    ``plain_synthetic``, without; the method's controls (with classic augmentation) and, when asked, the set alone."""
     name = synthetic_set_name(datalist_path)
     pairs = _image_label(load_synthetic_pairs(datalist_path))
     real = _image_label(train)
-    arms = [Arm(f"real + {name}", real + pairs), Arm(f"{CLASSIC} + {name}", real + pairs, classic=True)]
+    arms = [Arm(f"real + {name}", real + pairs)] if plain_synthetic else []
+    arms.append(Arm(f"{CLASSIC} + {name}", real + pairs, classic=True))
     for control in method.evaluation.get("controls", []) if method is not None and controls else []:
         if control not in CONTROLS:
             raise ValueError(

@@ -150,6 +150,7 @@ def evaluate(
     image_size: int = 64,
     controls: bool = True,
     synthetic_only: bool = True,
+    plain_synthetic: bool = True,
     knobs: Mapping[str, Any] | None = None,
     scheme_knobs: Mapping[str, Any] | None = None,
     sweep: Mapping[str, Sequence[Any]] | None = None,
@@ -178,6 +179,8 @@ def evaluate(
         image_size: model input size; test masks are scored at this size.
         controls: add the controls each synthetic set's method declares.
         synthetic_only: add an arm per synthetic set trained on its pairs alone (the Synthetic-Only score).
+        plain_synthetic: add ``real + <set>`` (without classic augmentation) beside ``real + classic aug + <set>``;
+            False trains the latter alone, the comparison that matters, at half the cost.
         knobs: config ids for every arm's segmenter, e.g. ``"{'channels': [8, 16, 32, 64], 'batch_size': 16}"``.
         scheme_knobs: config ids for every scheme arm, e.g. ``"{'bayesian_model': 'mc_dropout'}"``.
         sweep: ``{knob: [values]}``: synthesise ``sweep_samples`` pairs per job set for each value from the
@@ -198,7 +201,8 @@ def evaluate(
     for datalist in datalists:
         check_synthetic_set(datalist, sets)
     os.makedirs(out, exist_ok=True)
-    options = {"controls": controls, "synthetic_only": synthetic_only, "knobs": knobs, "scheme_knobs": scheme_knobs}
+    options = {"controls": controls, "synthetic_only": synthetic_only, "plain_synthetic": plain_synthetic}
+    options.update(knobs=knobs, scheme_knobs=scheme_knobs)
     arms = build_arms(sets, datalists, chosen_schemes, generators, out, image_size, seed, **options)
     per_seed = run_arms(arms, sets, out, seeds, iterations, val_interval, image_size)
     results: dict[str, Any] = {
@@ -343,6 +347,7 @@ def build_arms(
     seed: int,
     controls: bool = True,
     synthetic_only: bool = True,
+    plain_synthetic: bool = True,
     knobs: Mapping[str, Any] | None = None,
     scheme_knobs: Mapping[str, Any] | None = None,
 ) -> list[Arm]:
@@ -353,7 +358,9 @@ def build_arms(
     arms: list[Arm] = standard_arms(sets.labelled)
     for datalist in datalists:
         method = methods.get(synthetic_method(datalist))
-        arms += synthetic_arms(datalist, method, sets.labelled, out, image_size, seed, controls, synthetic_only)
+        arms += synthetic_arms(
+            datalist, method, sets.labelled, out, image_size, seed, controls, synthetic_only, plain_synthetic
+        )
     for arm in arms:
         arm.overrides = dict(knobs or {})
     for method, names in schemes.items():
