@@ -141,7 +141,7 @@ def test_the_card_kind_and_clear_errors():
     assert sampling_scheduler("sde_dpm_solver", SCHEDULE, solver_order=3).stochastic
     kinds = ("ddim", "ddpm", "dpm_solver", "sde_dpm_solver")
     steps = {kind: default_inference_steps(kind, SCHEDULE) for kind in kinds}
-    assert steps == {"ddim": 50, "ddpm": 1000, "dpm_solver": 20, "sde_dpm_solver": 20}
+    assert steps == {"ddim": 50, "ddpm": 1000, "dpm_solver": 20, "sde_dpm_solver": 30}
     with pytest.raises(ValueError, match="scheduler kind"):
         default_inference_steps("euler", SCHEDULE)
     with pytest.raises(ValueError, match="solver_order"):

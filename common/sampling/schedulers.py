@@ -24,7 +24,9 @@ SCHEDULERS = {
     "sde_dpm_solver": partial(DPMSolverMultistepScheduler, stochastic=True),
 }
 DPM_SOLVERS = ("dpm_solver", "sde_dpm_solver")
-DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 20, "sde_dpm_solver": 20}  # DDPM: every training step
+# DDPM: every training step; the SDE solver needs more steps than the ODE one (DiffuseExpand on usgra: FID 54 at 20
+# steps for masks and images, 15 at 30, DDPM-1000 13)
+DEFAULT_STEPS = {"ddim": 50, "dpm_solver": 20, "sde_dpm_solver": 30}
 
 
 def sampling_scheduler(
@@ -47,8 +49,8 @@ def sampling_scheduler(
 
 
 def default_inference_steps(kind: str, noise_schedule: Mapping[str, Any]) -> int:
-    """The steps a ``kind`` chain takes unless told: 50 for DDIM, 20 for the DPM solvers, every training step for
-    DDPM (MONAI's DDPM steps from ``t`` to ``t - 1``)."""
+    """The steps a ``kind`` chain takes unless told: 50 for DDIM, 20 for DPM-Solver++, 30 for its SDE form, every
+    training step for DDPM (MONAI's DDPM steps from ``t`` to ``t - 1``)."""
     if kind not in SCHEDULERS:
         raise ValueError(f"scheduler kind must be one of {sorted(SCHEDULERS)}, got {kind!r}")
     return DEFAULT_STEPS.get(kind, int(noise_schedule["num_train_timesteps"]))
