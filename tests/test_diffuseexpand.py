@@ -241,7 +241,7 @@ def test_bundle_trains_both_stages_with_falling_losses_and_writes_filtered_pairs
         progress=False,
     )
     written = json.loads((out / "datalist.json").read_text())
-    assert written["method"] == "diffuseexpand" and written["config"]["sampler"] == "dpm_solver"
+    assert written["method"] == "diffuseexpand" and written["config"]["sampler"] == "sde_dpm_solver"
     assert len(written["training"]) + written["dropped"] == 6
     for entry in written["training"]:
         assert (entry["status"], entry["score"] < eta) in {("kept", True), ("relabelled", False)}

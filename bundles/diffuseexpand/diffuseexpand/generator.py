@@ -9,10 +9,11 @@
    ``scale = s``).
 
 Jobs that bring a label map (:func:`common.generation.jobs_from_label_maps`) skip step 1: the image is made for that
-mask. Each pair's noise comes from its own seed, for both steps. The schedulers are any of the project's (the image
-step's DPM-Solver++ by default, :mod:`common.sampling.dpm_solver`); the mask step may have its own (``mask_scheduler``;
-the bundle's default is the stochastic DDPM over every training step: on the quick models the deterministic solvers
-leave masks with noisy foreground, see the bundle's docs). Classifier guidance needs an epsilon-predicting network.
+mask. Each pair's noise comes from its own seed, for both steps. The schedulers are any of the project's (the
+bundle's image step: SDE-DPM-Solver++, :mod:`common.sampling.dpm_solver`); the mask step may have its own
+(``mask_scheduler``; the bundle's default is the stochastic DDPM over every training step: on the quick models the
+deterministic solvers leave masks with noisy foreground, see the bundle's docs). Classifier guidance needs an
+epsilon-predicting network.
 """
 
 from __future__ import annotations
