@@ -138,18 +138,25 @@ def test_every_generative_stage_draws_into_its_own_run_folder(method, tmp_path):
     before = set(glob.glob(str(BUNDLES_DIR / "*" / "eval" / "**"), recursive=True))
     knobs = tiny_training_knobs(bundle)
     models = tmp_path / "models"
-    run_workflow(bundle.config("train"), bundle_root=str(bundle.root), ckpt_dir=str(models), knobs=knobs)
+    segmenter = {"max_iterations": 2, "val_interval": 2, "num_workers": 0, "channels": [4, 8, 16, 32]}
+    run_workflow(
+        bundle.config("train"),
+        bundle_root=str(bundle.root),
+        ckpt_dir=str(models),
+        knobs=knobs,
+        segmenter_knobs=segmenter,
+    )
     tags = {}
     for run_dir in sorted({os.path.dirname(path) for path in glob.glob(str(models / "logs" / "*" / "events.*"))}):
         tags[os.path.basename(run_dir)] = sorted(_images(run_dir))
     expected = {
-        "augpaint": {"autoencoder": ["reconstructions"], "diffusion": ["inpainted_pairs"]},
+        "augpaint": {"autoencoder": ["reconstructions"], "diffusion": ["inpainted_pairs"], "filter_segmenter": []},
         "gauda": {
             "image_autoencoder": ["reconstructions"],
             "mask_autoencoder": ["reconstructions"],
             "diffusion": ["class_conditional_pairs"],
         },
-        "diffuseexpand": {"ddpm": ["generated_pairs"], "noise_segmenter": []},
+        "diffuseexpand": {"ddpm": ["generated_pairs"], "noise_segmenter": [], "filter_segmenter": []},
     }
     assert tags == expected[method]
     assert set(glob.glob(str(BUNDLES_DIR / "*" / "eval" / "**"), recursive=True)) == before  # no log in the repo
