@@ -2,15 +2,17 @@
 
 Tables: the selection (every cell's gain over ``real + classic aug`` on the selection-validation pairs, the chosen
 one marked); the test split at the selection's labelled count (every cell and its controls, with its generator's
-quality); the learning
-curve (the chosen cells at every labelled count). A figure plots the gain over classic augmentation with its 95 %
-interval against the labelled count, per method. Parts not run yet are said to be missing, never filled in.
+quality; the per-class Dice of the chosen cells); the learning curve (the chosen cells at every labelled count).
+Figures: the gain over classic augmentation with its 95 % interval against the labelled count and, for the cells that
+declare a relative generator ``budget``, against that budget; the chosen cells' contact sheets, copied next to the
+report. Parts not run yet are said to be missing, never filled in.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +118,9 @@ def _curve(plan: Mapping, out: str, chosen: Mapping[str, str]) -> dict[str, dict
     return curve
 
 
-def _write_curve_figure(curve: Mapping[str, Mapping[Any, Mapping]], path: str) -> str | None:
-    points = {
-        m: sorted(((n or 0, d) for n, d in by_count.items()), key=lambda p: p[0]) for m, by_count in curve.items()
-    }
-    if not any(points.values()):
+def _write_gain_figure(series: Mapping[str, Sequence[tuple[float, Mapping]]], path: str, x_label: str) -> str | None:
+    """Gain over classic augmentation with its 95 % interval against ``x`` per series; None when nothing to plot."""
+    if not any(series.values()):
         return None
     import matplotlib
 
@@ -128,21 +128,57 @@ def _write_curve_figure(curve: Mapping[str, Mapping[Any, Mapping]], path: str) -
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    for index, (method, method_points) in enumerate(points.items()):
-        if not method_points:
+    for label, points in series.items():
+        points = sorted(points, key=lambda point: point[0])
+        if not points:
             continue
-        x = [n + 0.6 * (index - 1) for n, _ in method_points]
-        means = [d["mean"] for _, d in method_points]
-        errors = [[d["mean"] - d["low"] for _, d in method_points], [d["high"] - d["mean"] for _, d in method_points]]
-        axis.errorbar(x, means, yerr=errors, marker="o", capsize=3, label=method)
+        means = [d["mean"] for _, d in points]
+        errors = [[d["mean"] - d["low"] for _, d in points], [d["high"] - d["mean"] for _, d in points]]
+        axis.errorbar([x for x, _ in points], means, yerr=errors, marker="o", capsize=3, label=label)
     axis.axhline(0.0, color="grey", linewidth=0.8)
-    axis.set_xlabel("labelled pairs (0: all)")
+    axis.set_xlabel(x_label)
     axis.set_ylabel("Dice gain over real + classic aug")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _budget_series(plan: Mapping, results: Mapping | None) -> dict[str, list[tuple[float, Mapping]]]:
+    """Per method, ``(budget, gain)`` of its cells that declare a relative generator ``budget``."""
+    series: dict[str, list[tuple[float, Mapping]]] = {}
+    for method, cells in plan["methods"].items():
+        for cell in cells:
+            name = _set_name(results, method, cell["name"]) if results and "budget" in cell else None
+            if name is not None:
+                difference = _set_arm(results, name)["differences"]["classic"]["dice"]
+                series.setdefault(method, []).append((float(cell["budget"]), difference))
+    return series
+
+
+def _chosen_section(results: Mapping | None, chosen: Mapping[str, str], out: str, grid_count: Any, folder: str) -> str:
+    """Per-class Dice of the references and the chosen cells; their contact sheets copied into ``folder``."""
+    if results is None:
+        return ""
+    classes = results["class_names"][1:]
+    names = [REAL, CLASSIC] + [
+        f"{CLASSIC} + {name}" for m, c in chosen.items() if (name := _set_name(results, m, c)) is not None
+    ]
+    rows = [
+        {"arm": name, **{c: f"{results['arms'][name]['dice']['per_class'][c]['mean']:.3f}" for c in classes}}
+        for name in names
+    ]
+    text = "\n### Per-class Dice of the chosen cells\n\n" + markdown_table(rows, ["arm", *classes])
+    for method, cell in chosen.items():
+        sheet = os.path.join(out, "test", f"n{grid_count}", method, cell, "synthetic", "contact_sheet.png")
+        if os.path.isfile(sheet):
+            copy = f"efficacy_{method}_contact_sheet.png"
+            shutil.copyfile(sheet, os.path.join(folder, copy))
+            text += (
+                f"\n{method} ({cell}), the first pairs of its test-stage set:\n\n![{method} contact sheet]({copy})\n"
+            )
+    return text
 
 
 def write_report(plan: Mapping, out: str, report: str, plan_path: str) -> str:
@@ -152,7 +188,13 @@ def write_report(plan: Mapping, out: str, report: str, plan_path: str) -> str:
     grid_count = plan.get("selection", {}).get("labelled", 10)
     grid = read_json(os.path.join(out, "test", f"n{grid_count}", "evaluation", "results.json"))
     text = f"{BEGIN}\n\n## Results\n\nPlan `{plan_path}`, study folder `{out}`.\n"
+    folder = os.path.dirname(os.path.abspath(report))
     text += _selection_section(plan, out) + _grid_section(plan, grid, grid_count)
+    if selection is not None:
+        text += _chosen_section(grid, selection["chosen"], out, grid_count, folder)
+    budget = _write_gain_figure(_budget_series(plan, grid), os.path.join(folder, "efficacy_budget.png"), "budget")
+    if budget:
+        text += "\n![gain over classic augmentation against the generator budget](efficacy_budget.png)\n"
     text += "\n### Learning curve (the chosen cells)\n\n"
     if selection is None:
         text += "Not run yet.\n"
@@ -165,9 +207,8 @@ def write_report(plan: Mapping, out: str, report: str, plan_path: str) -> str:
             for method, by_count in curve.items()
         ]  # fmt: skip
         text += markdown_table(rows, ["method", *[f"n = {n or 'all'}" for n in counts]])
-        figure = _write_curve_figure(
-            curve, os.path.join(os.path.dirname(os.path.abspath(report)), "efficacy_curve.png")
-        )
+        series = {m: [(n or 0, d) for n, d in by_count.items()] for m, by_count in curve.items()}
+        figure = _write_gain_figure(series, os.path.join(folder, "efficacy_curve.png"), "labelled pairs (0: all)")
         if figure:
             text += "\n![gain over classic augmentation against the labelled count](efficacy_curve.png)\n"
     text += f"\n{END}\n"

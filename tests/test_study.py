@@ -33,7 +33,7 @@ def test_a_plan_needs_methods_with_uniquely_named_cells(tmp_path):
 def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tmp_path):
     data = phantom_dataset(root=str(tmp_path / "data"), num_images=30)
     cells = [
-        {"name": "quick", "train_knobs": TINY_AUGPAINT, "knobs": CELL_KNOBS},
+        {"name": "quick", "train_knobs": TINY_AUGPAINT, "knobs": CELL_KNOBS, "budget": 1},
         {"name": "shape", "train_knobs": TINY_AUGPAINT, "knobs": {**CELL_KNOBS, "mask_mode": "shape"}},
     ]
     plan = {
@@ -73,6 +73,9 @@ def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tm
     assert "augpaint (quick)" in text and "augpaint (shape)" in text and "Not run yet" not in text
     assert "augpaint (quick) control: noise background" in text  # every cell's controls beside it
     assert "n = 4" in text and "n = 6" in text
+    assert "Per-class Dice of the chosen cells" in text and "| arm | organ | vessel | nerve | lesion |" in text
+    for figure in ("efficacy_curve.png", "efficacy_budget.png", "efficacy_augpaint_contact_sheet.png"):
+        assert f"({figure})" in text and (tmp_path / figure).is_file()
 
     models = sorted((out / "test" / "n6" / "augpaint").glob("models_*"))
     assert len(models) == 1  # the two cells differ only in generation knobs: one generator serves both
