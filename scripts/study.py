@@ -150,7 +150,7 @@ def select(plan: Mapping[str, Any], out: str) -> dict[str, str]:
     return chosen
 
 
-def test(plan: Mapping[str, Any], out: str, chosen: Mapping[str, str]) -> None:
+def score_on_test(plan: Mapping[str, Any], out: str, chosen: Mapping[str, str]) -> None:
     """Stage 2: every cell at the selection's labelled count, then the chosen cells along the learning curve."""
     part = plan.get("test", {})
     grid_count = plan.get("selection", {}).get("labelled", 10)
@@ -195,7 +195,7 @@ def study(
     if "test" in stages:
         if not os.path.isfile(chosen_path):
             raise FileNotFoundError(f"{chosen_path} not found: run the selection stage first")
-        test(settings, out, read_json(chosen_path)["chosen"])
+        score_on_test(settings, out, read_json(chosen_path)["chosen"])
     if "report" in stages:
         write_report(settings, out, report, plan_path=plan)
     return out
