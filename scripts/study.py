@@ -58,26 +58,31 @@ def read_plan(path: str) -> dict[str, Any]:
 
 def selection_data(data: str, labelled: int, seed: int, fraction: float, out: str) -> str:
     """A datalist of the labelled subset split into selection-training (``training``) and selection-validation
-    (``test``) pairs, the same carve the evaluation makes for validation; written once into ``out``."""
+    (``test``) pairs, the same carve the evaluation makes for validation; written once into ``out``, and refused there
+    when it holds other pairs (every set and run of the selection depends on it)."""
     path = os.path.join(out, "datalist.json")
-    if os.path.isfile(path):
-        return path
     splits = load_splits(data, seed=seed, num_labelled=labelled, val_fraction=fraction)
     names, declaration = class_declaration(data)
     datalist = {
-        "name": f"selection split of {data} ({labelled} labelled, seed {seed})",
+        "name": f"selection split of {data} ({labelled} labelled, seed {seed}, {fraction} held out)",
         "labels": {str(i): name for i, name in enumerate(names)},
         **{key: declaration[key] for key in DECLARATION_KEYS if key in declaration},
         "training": [{"image": p["image"], "label": p["label"]} for p in splits["train"]],
         "test": [{"image": p["image"], "label": p["label"]} for p in splits["val"]],
     }
+    if os.path.isfile(path):
+        existing = read_json(path)
+        if [existing.get(k) for k in ("training", "test")] != [datalist[k] for k in ("training", "test")]:
+            raise ValueError(f"{path} holds another selection split; give the study another --out")
+        return path
     write_json(path, datalist)
     return path
 
 
 def _training_key(cell: Mapping[str, Any]) -> str:
-    """A folder name for the generator a cell trains: cells with the same profile and training knobs share it."""
-    training = {"profile": cell.get("profile", "quick"), "train_knobs": cell.get("train_knobs") or {}}
+    """A folder name for the generator a cell trains: cells with the same profile, training knobs and image size
+    share it."""
+    training = {key: cell.get(key) for key in ("profile", "train_knobs", "image_size")}
     return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:10]
 
 

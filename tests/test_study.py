@@ -84,3 +84,7 @@ def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tm
     study(str(plan_path), out=str(out), report=str(report))  # resumes: nothing is trained again
     assert model.stat().st_mtime == modified
     assert report.read_text().count("## Results") == 1  # the results are replaced, not appended
+    plan["selection"]["fraction"] = 0.5  # another selection split under the same folder would mix two studies
+    plan_path.write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match="another selection split"):
+        study(str(plan_path), out=str(out), report=str(report))
