@@ -82,7 +82,9 @@ def selection_data(data: str, labelled: int, seed: int, fraction: float, out: st
 def _training_key(cell: Mapping[str, Any]) -> str:
     """A folder name for the generator a cell trains: cells with the same profile, training knobs and image size
     share it."""
-    training = {key: cell.get(key) for key in ("profile", "train_knobs", "image_size")}
+    training = {"profile": cell.get("profile", "quick"), "train_knobs": cell.get("train_knobs") or {}}
+    if cell.get("image_size"):
+        training["image_size"] = cell["image_size"]
     return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:10]
 
 
