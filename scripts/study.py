@@ -91,10 +91,19 @@ def _training_key(cell: Mapping[str, Any]) -> str:
 def make_sets(
     plan: Mapping[str, Any], data: str, labelled: int | None, out: str, cells: Mapping[str, Sequence[Mapping]]
 ) -> dict[str, str]:
-    """The synthetic set of every ``method -> cells``, trained on ``labelled`` pairs of ``data``; by cell label."""
+    """The synthetic set of every ``method -> cells``, trained on ``labelled`` pairs of ``data``; by cell label. A cell
+    with ``masks_from`` makes images for the masks of that earlier cell (same masks, only the image step differs)."""
     made = {}
     for method, method_cells in cells.items():
         for cell in method_cells:
+            knobs = dict(cell.get("knobs", {}))
+            if "masks_from" in cell:  # images for the masks another cell made (DiffuseExpand's label_maps)
+                source = f"{method}/{cell['masks_from']}"
+                if source not in made:
+                    raise ValueError(
+                        f"cell {method}/{cell['name']}: masks_from '{cell['masks_from']}' must be listed first"
+                    )
+                knobs["label_maps"] = os.path.join(os.path.dirname(made[source]), "masks")
             made[f"{method}/{cell['name']}"] = augment(
                 method,
                 data=data,
@@ -107,7 +116,7 @@ def make_sets(
                 train_knobs=cell.get("train_knobs"),
                 segmenter_knobs=plan.get("segmenter_knobs"),
                 allow_outside_paths=True,
-                **cell.get("knobs", {}),
+                **knobs,
             )
     return made
 

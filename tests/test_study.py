@@ -12,7 +12,7 @@ import pytest
 
 from common.data import load_splits, phantom_dataset
 from common.files import read_json
-from scripts.study import read_plan, study
+from scripts.study import make_sets, read_plan, study
 
 TINY_AUGPAINT = {"autoencoder_iterations": 4, "diffusion_iterations": 4, "val_interval": 2}
 CELL_KNOBS = {"num_samples": 1, "num_inference_steps": 2, "progress": False}
@@ -26,6 +26,26 @@ def test_a_plan_needs_methods_with_uniquely_named_cells(tmp_path):
             read_plan(str(path))
     with pytest.raises(ValueError, match="unknown stage"):
         study(str(path), out=str(tmp_path / "out"), stages=["train"])
+
+
+def test_a_cell_can_take_the_masks_another_cell_made(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_augment(method, out, **options):
+        calls.append(options)
+        return os.path.join(out, "synthetic", "datalist.json")
+
+    monkeypatch.setattr("scripts.study.augment", fake_augment)
+    cells = {
+        "diffuseexpand": [{"name": "no_filter", "knobs": {"filter": False}}, {"name": "tau", "masks_from": "no_filter"}]
+    }
+    made = make_sets({}, "d", 10, str(tmp_path), cells)
+    assert "label_maps" not in calls[0] and calls[1]["label_maps"] == str(
+        tmp_path / "diffuseexpand/no_filter/synthetic/masks"
+    )
+    assert set(made) == {"diffuseexpand/no_filter", "diffuseexpand/tau"}
+    with pytest.raises(ValueError, match="listed first"):
+        make_sets({}, "d", 10, str(tmp_path), {"diffuseexpand": cells["diffuseexpand"][::-1]})
 
 
 @pytest.mark.engine
