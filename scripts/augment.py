@@ -41,17 +41,12 @@ def default_output_dir(method: str, data: str | None, labelled: int | None, seed
     return os.path.join("outputs", method, f"{data_name}_n{labelled if labelled else 'all'}_s{seed}")
 
 
-def _trains_filter_segmenter(train_config: str) -> bool:
-    """Whether the bundle's ``train.json`` trains a filter segmenter (its ``inference.json`` then filters with it)."""
+def _train_settings(train_config: str) -> tuple[int, bool]:
+    """The bundle's image size and whether its ``train.json`` trains a filter segmenter (its ``inference.json`` then
+    filters with it)."""
     parser = ConfigParser()
     parser.read_config(train_config)
-    return "filter_segmenter" in parser
-
-
-def _bundle_image_size(train_config: str) -> int:
-    parser = ConfigParser()
-    parser.read_config(train_config)
-    return int(parser["image_size"])
+    return int(parser["image_size"]), "filter_segmenter" in parser
 
 
 def augment(
@@ -93,8 +88,8 @@ def augment(
     out = out or default_output_dir(method, data, labelled, seed)
     models = models or os.path.join(out, "models")
     inference = bundle.config("inference")
-    image_size = image_size or _bundle_image_size(bundle.config("train"))
-    has_filter = _trains_filter_segmenter(bundle.config("train"))
+    bundle_image_size, has_filter = _train_settings(bundle.config("train"))
+    image_size = image_size or bundle_image_size
     needs_segmenter = has_filter and knobs.get("filter", True) and "segmenter_ckpt" not in knobs
     # every problem of the data and of the settings before the first stage trains
     val_fraction = dict(segmenter_knobs or {}).get("val_fraction", SEGMENTER_VAL_FRACTION) if needs_segmenter else 0.0

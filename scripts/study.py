@@ -36,7 +36,7 @@ from common.evaluation.arms import CLASSIC, synthetic_set_name
 from common.files import read_json, write_json
 from scripts.augment import augment
 from scripts.cli import run_command_line
-from scripts.study_report import write_report
+from scripts.study_report import classic_gain, write_report
 
 logger = logging.getLogger("scripts.study")
 
@@ -141,8 +141,7 @@ def run_evaluation(
 
 def gain_over_classic(results: Mapping, datalist: str) -> dict:
     """The paired difference of ``real + classic aug + <set>`` to ``real + classic aug`` (mean Dice, 95 % CI)."""
-    arm = results["arms"][f"{CLASSIC} + {synthetic_set_name(datalist)}"]
-    return arm["differences"]["classic"]["dice"]
+    return classic_gain(results["arms"][f"{CLASSIC} + {synthetic_set_name(datalist)}"])
 
 
 def select(plan: Mapping[str, Any], out: str) -> dict[str, str]:

@@ -17,26 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from common.evaluation.arms import CLASSIC, REAL
+from common.evaluation.report import format_difference
 from common.files import atomic_files, read_json
-from common.metrics import markdown_table
+from common.metrics import SeedSummary, markdown_table
 
-__all__ = ["write_report"]
+__all__ = ["classic_gain", "write_report"]
 
 BEGIN, END = "<!-- study results: begin -->", "<!-- study results: end -->"
 
 
-def _interval(difference: Mapping | None) -> str:
-    if not difference:
-        return ""
-    gain = " (gain)" if difference["low"] > 0 else " (loss)" if difference["high"] < 0 else ""
-    return f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}]{gain}"
+def _dice(arm: Mapping | None) -> SeedSummary | str:
+    return SeedSummary(**arm["dice"]["class_mean"]) if arm else ""
 
 
-def _dice(arm: Mapping | None) -> str:
-    if not arm:
-        return ""
-    summary = arm["dice"]["class_mean"]
-    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+def classic_gain(arm: Mapping) -> Mapping | None:
+    """An arm's paired Dice difference to ``real + classic aug``."""
+    return arm["differences"].get("classic", {}).get("dice")
 
 
 def _set_arm(results: Mapping, set_name: str) -> Mapping | None:
@@ -49,6 +45,12 @@ def _set_name(results: Mapping, method: str, cell: str) -> str | None:
     return name if _set_arm(results, name) else None
 
 
+def _cell_gain(results: Mapping, method: str, cell: str) -> Mapping | None:
+    """The Dice difference of ``real + classic aug + <cell>`` to ``real + classic aug``; None when not evaluated."""
+    name = _set_name(results, method, cell)
+    return classic_gain(_set_arm(results, name)) if name else None
+
+
 def _selection_section(plan: Mapping, out: str) -> str:
     selection = read_json(os.path.join(out, "selection.json"))
     if selection is None:
@@ -58,8 +60,14 @@ def _selection_section(plan: Mapping, out: str) -> str:
         for cell in cells:
             gain = selection["gains"].get(f"{method}/{cell['name']}")
             chosen = selection["chosen"][method] == cell["name"]
-            rows.append({"method": method, "cell": cell["name"], "validation gain [95% CI]": _interval(gain),
-                         "chosen": "yes" if chosen else ""})  # fmt: skip
+            rows.append(
+                {
+                    "method": method,
+                    "cell": cell["name"],
+                    "validation gain [95% CI]": format_difference(gain),
+                    "chosen": "yes" if chosen else "",
+                }
+            )
     return (
         f"\n### Selection ({selection['labelled']} labelled pairs, scored on the selection-validation pairs)\n\n"
         + markdown_table(rows, ["method", "cell", "validation gain [95% CI]", "chosen"])
@@ -86,7 +94,7 @@ def _grid_section(plan: Mapping, results: Mapping | None, labelled: Any) -> str:
                 {
                     "arm": f"{CLASSIC} + {name}",
                     "Dice": _dice(arm),
-                    "vs real + classic aug [95% CI]": _interval(arm["differences"].get("classic", {}).get("dice")),
+                    "vs real + classic aug [95% CI]": format_difference(classic_gain(arm)),
                     "FID": f"{quality['fid']:.1f}" if "fid" in quality else "",
                     "Real-Only Dice": f"{quality['real_only_dice']['class_mean']['mean']:.3f}" if quality else "",
                     "regenerated": f"{regenerated:.2f}" if regenerated is not None else "",
@@ -94,9 +102,13 @@ def _grid_section(plan: Mapping, results: Mapping | None, labelled: Any) -> str:
             )
             for control, control_arm in results["arms"].items():
                 if control.startswith(f"{CLASSIC} + {name} control:"):
-                    difference = control_arm["differences"].get("classic", {}).get("dice")
-                    rows.append({"arm": f"... {control}", "Dice": _dice(control_arm),
-                                 "vs real + classic aug [95% CI]": _interval(difference)})  # fmt: skip
+                    rows.append(
+                        {
+                            "arm": f"... {control}",
+                            "Dice": _dice(control_arm),
+                            "vs real + classic aug [95% CI]": format_difference(classic_gain(control_arm)),
+                        }
+                    )
     columns = ["arm", "Dice", "vs real + classic aug [95% CI]", "FID", "Real-Only Dice", "regenerated"]
     return title + markdown_table(rows, columns)
 
@@ -112,9 +124,9 @@ def _curve(plan: Mapping, out: str, chosen: Mapping[str, str]) -> dict[str, dict
         if results is None:
             continue
         for method, cell in chosen.items():
-            name = _set_name(results, method, cell)
-            if name is not None:
-                curve[method][labelled] = _set_arm(results, name)["differences"]["classic"]["dice"]
+            gain = _cell_gain(results, method, cell)
+            if gain is not None:
+                curve[method][labelled] = gain
     return curve
 
 
@@ -150,10 +162,9 @@ def _budget_series(plan: Mapping, results: Mapping | None) -> dict[str, list[tup
     series: dict[str, list[tuple[float, Mapping]]] = {}
     for method, cells in plan["methods"].items():
         for cell in cells:
-            name = _set_name(results, method, cell["name"]) if results and "budget" in cell else None
-            if name is not None:
-                difference = _set_arm(results, name)["differences"]["classic"]["dice"]
-                series.setdefault(method, []).append((float(cell["budget"]), difference))
+            gain = _cell_gain(results, method, cell["name"]) if results and "budget" in cell else None
+            if gain is not None:
+                series.setdefault(method, []).append((float(cell["budget"]), gain))
     return series
 
 
@@ -202,10 +213,12 @@ def write_report(plan: Mapping, out: str, report: str, plan_path: str) -> str:
         curve = _curve(plan, out, selection["chosen"])
         counts = plan.get("test", {}).get("learning_curve", [])
         rows = [
-            {"method": f"{method} ({selection['chosen'][method]})", **{f"n = {n or 'all'}": _interval(by_count.get(n))
-                                                                      for n in counts}}
+            {
+                "method": f"{method} ({selection['chosen'][method]})",
+                **{f"n = {n or 'all'}": format_difference(by_count.get(n)) for n in counts},
+            }
             for method, by_count in curve.items()
-        ]  # fmt: skip
+        ]
         text += markdown_table(rows, ["method", *[f"n = {n or 'all'}" for n in counts]])
         series = {m: [(n or 0, d) for n, d in by_count.items()] for m, by_count in curve.items()}
         figure = _write_gain_figure(series, os.path.join(folder, "efficacy_curve.png"), "labelled pairs (0: all)")

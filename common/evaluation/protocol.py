@@ -76,12 +76,11 @@ def _run_dir(out: str, arm: str, seed: int) -> str:
     return os.path.join(out, "runs", slug, f"seed{seed}")
 
 
-def _generator_quality(
-    networks: Sequence, sets: EvaluationData, pairs: Sequence[dict], image_size: int, config: Mapping[str, Any]
-) -> dict[str, Any]:
+def _generator_quality(networks: Sequence, sets: EvaluationData, datalist: str, image_size: int) -> dict[str, Any]:
     """FID/KID (first reference network's bottleneck), Real-Only Dice over the reference networks, diversity and,
     for class-conditional sets, condition agreement; for data with lateral pairs, their sides against the real
-    labelled masks'; for inpainting sets (``config``: the set's generation settings), the share regenerated."""
+    labelled masks'; for inpainting sets (their datalist's generation settings say so), the share regenerated."""
+    pairs = load_synthetic_pairs(datalist)
     class_names = sets.class_names
     real_only = [score_segmenter(n, pairs, len(class_names), image_size)["dice"] for n in networks]
     quality = {
@@ -93,7 +92,7 @@ def _generator_quality(
         quality["condition_agreement"] = class_condition_agreement(pairs, len(class_names))
     if sets.orientation.lateral_pairs:
         quality["laterality"] = lateral_side_agreement(sets.labelled, pairs, sets.orientation)
-    share = regenerated_share(pairs, config)
+    share = regenerated_share(pairs, read_json(datalist)["config"])
     if share is not None:
         quality["regenerated"] = share
     return quality
@@ -201,8 +200,13 @@ def evaluate(
     for datalist in datalists:
         check_synthetic_set(datalist, sets)
     os.makedirs(out, exist_ok=True)
-    options = {"controls": controls, "synthetic_only": synthetic_only, "plain_synthetic": plain_synthetic}
-    options.update(knobs=knobs, scheme_knobs=scheme_knobs)
+    options = {
+        "controls": controls,
+        "synthetic_only": synthetic_only,
+        "plain_synthetic": plain_synthetic,
+        "knobs": knobs,
+        "scheme_knobs": scheme_knobs,
+    }
     arms = build_arms(sets, datalists, chosen_schemes, generators, out, image_size, seed, **options)
     per_seed = run_arms(arms, sets, out, seeds, iterations, val_interval, image_size)
     results: dict[str, Any] = {
@@ -380,9 +384,7 @@ def default_out(data: str | None, labelled: int | None, seed: int) -> str:
 def _set_quality(
     datalist: str, arms: Mapping[str, Any], networks: Sequence, sets: EvaluationData, image_size: int
 ) -> dict[str, Any]:
-    quality = _generator_quality(
-        networks, sets, load_synthetic_pairs(datalist), image_size, read_json(datalist)["config"]
-    )
+    quality = _generator_quality(networks, sets, datalist, image_size)
     synthetic_only = arms.get(f"synthetic only: {synthetic_set_name(datalist)}")
     if synthetic_only is not None:
         quality["synthetic_only_dice"] = synthetic_only["dice"]
@@ -408,10 +410,7 @@ def _sweep(
         method, generators[method], knob, values, samples, sets.data, labelled, seed, image_size, out,
         generator_knobs or {},
     )  # fmt: skip
-    quality = {
-        name: _generator_quality(networks, sets, load_synthetic_pairs(path), image_size, read_json(path)["config"])
-        for name, path in made.items()
-    }
+    quality = {name: _generator_quality(networks, sets, path, image_size) for name, path in made.items()}
     return {"method": method, "knob": knob, "sets": quality}
 
 

@@ -19,7 +19,15 @@ import numpy as np
 from common.files import atomic_files
 from common.metrics import SeedSummary, markdown_table, paired_difference, summarise_seeds, t_half_width
 
-__all__ = ["METRICS", "class_mean", "score_summary", "summarise", "to_markdown", "write_class_figure"]
+__all__ = [
+    "METRICS",
+    "class_mean",
+    "format_difference",
+    "score_summary",
+    "summarise",
+    "to_markdown",
+    "write_class_figure",
+]
 
 METRICS = ("dice", "iou")
 METRIC_NAMES = {"dice": "Dice", "iou": "IoU"}
@@ -82,12 +90,16 @@ def summarise(
     return arms
 
 
-def _difference_cell(difference: Mapping | None, metric: str) -> str:
+def format_difference(difference: Mapping | None) -> str:
+    """``+0.012 [-0.020, +0.044]``, with "(gain)" or "(loss)" when the interval excludes zero; "" for none."""
     if not difference:
         return ""
-    d = difference[metric]
-    verdict = " (gain)" if d["low"] > 0 else " (loss)" if d["high"] < 0 else ""
-    return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{verdict}"
+    verdict = " (gain)" if difference["low"] > 0 else " (loss)" if difference["high"] < 0 else ""
+    return f"{difference['mean']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}]{verdict}"
+
+
+def _difference_cell(difference: Mapping | None, metric: str) -> str:
+    return format_difference(difference[metric] if difference else None)
 
 
 def _score_row(name: str, arm: Mapping, metric: str, class_names: Sequence[str]) -> dict:

@@ -83,11 +83,11 @@ class LatentInpainter:
         self.loop = DenoisingLoop(scheduler, num_inference_steps, eta=eta, progress=progress, description="inpainting")
         self.scale_factor = float(scale_factor)
         self.mask_mode = mask_mode
-        self._warned = False
         self.box_margin = box_margin
         self.flip = flip
         self.orientation = orientation or Orientation()
         self.conditional = conditional
+        self._warned = False  # the small-regenerated-share warning is given once per generator
 
     @torch.no_grad()
     def __call__(self, batch: JobBatch) -> tuple[torch.Tensor, torch.Tensor]:
