@@ -1,18 +1,21 @@
 """The efficacy study: at which budget and with which settings does each method improve a segmenter?
 
-One command runs a declared plan (``configs/study/<name>.json``, see ``docs/efficacy.md`` for the protocol) and
-resumes where it stopped: every generator stage, synthetic pair and trained arm of a finished part is reused
-(``scripts.augment`` and ``scripts.evaluate`` reuse what matches). Three stages, in order:
+One command runs a declared plan (``configs/study/<name>.json``, see ``docs/efficacy.md`` for the protocol). Every
+cell (a method's setting) is scored on its own, beside the references, and recorded at once in the study's record
+(``docs/efficacy/<name>/``: the cell's settings and evaluation results, its contact sheet), which is small enough to
+commit: a study resumes from it after an interruption or on another machine, and a recorded cell is never made or
+trained again while its settings hold. Within one working folder, generators, synthetic pairs and trained arms are
+reused too (``scripts.augment`` and ``scripts.evaluate`` reuse what matches). Three stages, in order:
 
 1. ``selection``: the labelled subset (``selection.labelled`` pairs, split ``seed``) is split once more into a
    selection-training part and a selection-validation part (``selection.fraction``, seeded). Every cell of every
    method trains its generator on the selection-training pairs only, and the shared evaluation scores
    ``real + classic aug + <cell>`` against ``real + classic aug`` on the selection-validation pairs. The cell with the
    highest mean gain is chosen (ties: the first listed). The test split is never read here.
-2. ``test``: each cell's generator is trained on the whole labelled subset and the evaluation scores every cell, its
-   controls, ``real`` and ``real + classic aug`` on the test split (``test.seeds`` seeds); then the chosen cell of
-   each method at every count of the learning curve (``test.learning_curve``).
-3. ``report``: ``docs/efficacy.md`` (or ``--report``) from what the stages wrote.
+2. ``test``: generators are trained on the whole labelled subset and scored on the test split (``test.seeds``
+   seeds): first each method's chosen cell with every arm and its controls; then the chosen cells at every count of
+   the learning curve (``test.learning_curve``); then every other cell of the grid (``real + classic aug + <cell>``).
+3. ``report``: ``docs/efficacy.md`` (or ``--report``) from the record.
 
 ::
 
@@ -26,21 +29,24 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common.data import load_splits
 from common.data.pairs import class_declaration
 from common.evaluation import evaluate
-from common.evaluation.arms import CLASSIC, synthetic_set_name
-from common.files import read_json, write_json
+from common.evaluation.runs import PROTOCOL_VERSION, files_digest
+from common.files import json_ready, read_json, record_matches, write_json
 from scripts.augment import augment
 from scripts.cli import run_command_line
-from scripts.study_report import classic_gain, write_report
+from scripts.study_report import cell_gain, test_folder, write_report
 
 logger = logging.getLogger("scripts.study")
 
 STAGES = ("selection", "test", "report")
+# the arms for every other cell: real + classic aug + <cell> beside the references, the comparison that matters
+COMPARISON_ARMS = {"controls": False, "synthetic_only": False, "plain_synthetic": False}
 DECLARATION_KEYS = ("lateral_pairs", "flips")  # orientation keys a derived datalist keeps
 
 
@@ -79,6 +85,11 @@ def selection_data(data: str, labelled: int, seed: int, fraction: float, out: st
     return path
 
 
+def chosen_arms(part: Mapping[str, Any]) -> dict[str, bool]:
+    """The evaluation's arms for a chosen cell at the grid's labelled count: every arm and the method's controls."""
+    return {"controls": True, "synthetic_only": part.get("synthetic_only", False), "plain_synthetic": True}
+
+
 def _training_key(cell: Mapping[str, Any]) -> str:
     """A folder name for the generator a cell trains: cells with the same profile, training knobs and image size
     share it."""
@@ -88,37 +99,89 @@ def _training_key(cell: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def make_sets(
-    plan: Mapping[str, Any], data: str, labelled: int | None, out: str, cells: Mapping[str, Sequence[Mapping]]
-) -> dict[str, str]:
-    """The synthetic set of every ``method -> cells``, trained on ``labelled`` pairs of ``data``; by cell label. A cell
-    with ``masks_from`` makes images for the masks of that earlier cell (same masks, only the image step differs)."""
-    made = {}
-    for method, method_cells in cells.items():
-        for cell in method_cells:
-            knobs = dict(cell.get("knobs", {}))
-            if "masks_from" in cell:  # images for the masks another cell made (DiffuseExpand's label_maps)
-                source = f"{method}/{cell['masks_from']}"
-                if source not in made:
-                    raise ValueError(
-                        f"cell {method}/{cell['name']}: masks_from '{cell['masks_from']}' must be listed first"
-                    )
-                knobs["label_maps"] = os.path.join(os.path.dirname(made[source]), "masks")
-            made[f"{method}/{cell['name']}"] = augment(
-                method,
-                data=data,
-                labelled=labelled,
-                seed=plan.get("seed", 0),
-                image_size=cell.get("image_size"),  # None: the bundle's own (the arms' size is the plan's)
-                out=os.path.join(out, method, cell["name"]),
-                models=os.path.join(out, method, "models_" + _training_key(cell)),
-                profile=cell.get("profile", "quick"),
-                train_knobs=cell.get("train_knobs"),
-                segmenter_knobs=plan.get("segmenter_knobs"),
-                allow_outside_paths=True,
-                **knobs,
-            )
-    return made
+def make_set(plan: Mapping[str, Any], data: str, labelled: int | None, out: str, method: str, cell: Mapping) -> str:
+    """The synthetic set of one ``cell`` of ``method`` (its datalist), trained on ``labelled`` pairs of ``data`` (made
+    now or reused). A cell with ``masks_from`` makes images for the masks of that cell, which is made first."""
+    knobs = dict(cell.get("knobs", {}))
+    if "masks_from" in cell:  # images for the masks another cell made (DiffuseExpand's label_maps)
+        sources = [c for c in plan["methods"][method] if c["name"] == cell["masks_from"]]
+        if not sources or plan["methods"][method].index(sources[0]) > plan["methods"][method].index(cell):
+            raise ValueError(f"cell {method}/{cell['name']}: masks_from '{cell['masks_from']}' must be listed first")
+        source = make_set(plan, data, labelled, out, method, sources[0])
+        knobs["label_maps"] = os.path.join(os.path.dirname(source), "masks")
+    return augment(
+        method,
+        data=data,
+        labelled=labelled,
+        seed=plan.get("seed", 0),
+        image_size=cell.get("image_size"),  # None: the bundle's own (the arms' size is the plan's)
+        out=os.path.join(out, method, cell["name"]),
+        models=os.path.join(out, method, "models_" + _training_key(cell)),
+        profile=cell.get("profile", "quick"),
+        train_knobs=cell.get("train_knobs"),
+        segmenter_knobs=plan.get("segmenter_knobs"),
+        allow_outside_paths=True,
+        **knobs,
+    )
+
+
+def cell_settings(
+    plan: Mapping[str, Any], part: Mapping[str, Any], data: str, labelled: int | None, cell: Mapping, arms: Mapping
+) -> dict[str, Any]:
+    """Everything that shapes a cell's recorded scores: the protocol, the contents of the training and test pairs,
+    the arms' budget and knobs, the generator's settings and the cell itself. A recorded cell is reused only when
+    these are equal."""
+    splits = load_splits(data, seed=plan.get("seed", 0), num_labelled=labelled, allow_outside_paths=True)
+    return json_ready(
+        {
+            "protocol": PROTOCOL_VERSION,
+            "training_pairs": files_digest(splits["train"] + splits["val"]),
+            "test_pairs": files_digest(splits["test"]),
+            "seed": plan.get("seed", 0),
+            "image_size": plan.get("image_size") or 64,
+            "seeds": part.get("seeds", 5),
+            "iterations": part.get("iterations", 2000),
+            "arm_knobs": plan.get("arm_knobs"),
+            "segmenter_knobs": plan.get("segmenter_knobs"),
+            "arms": arms,
+            "cell": cell,
+        }
+    )
+
+
+def score_cells(
+    plan: Mapping[str, Any],
+    part: Mapping[str, Any],
+    data: str,
+    labelled: int | None,
+    folder: str,
+    record: str,
+    cells: Sequence[tuple[str, Mapping, Mapping]],
+) -> dict[str, dict]:
+    """The evaluation of every ``(method, cell, arms)`` on its own beside the references, by cell label
+    (``method/cell``). A cell recorded in ``record`` with the same settings is read back (nothing is made or trained:
+    the record carries a study to another machine); any other cell's set is made, scored and recorded at once, so an
+    interrupted study loses at most one cell. ``arms`` are the evaluation's options (controls, plain_synthetic, ...);
+    the references train once per folder and are reused by every cell."""
+    scored = {}
+    for method, cell, arms in cells:
+        label = f"{method}/{cell['name']}"
+        path = os.path.join(record, method, f"{cell['name']}.json")
+        settings = cell_settings(plan, part, data, labelled, cell, arms)
+        if record_matches(path, settings, key="settings"):
+            scored[label] = read_json(path)["results"]
+            logger.info(f"{label}: recorded in {path}")
+            continue
+        synthetic = make_set(plan, data, labelled, folder, method, cell)
+        results = run_evaluation(
+            plan, part, data, labelled, [synthetic], out=os.path.join(folder, "evaluation"), **arms
+        )
+        write_json(path, {"settings": settings, "results": results})
+        sheet = os.path.join(os.path.dirname(synthetic), "contact_sheet.png")
+        if os.path.isfile(sheet):
+            shutil.copyfile(sheet, os.path.join(record, method, f"{cell['name']}.png"))
+        scored[label] = results
+    return scored
 
 
 def run_evaluation(
@@ -139,49 +202,43 @@ def run_evaluation(
     )
 
 
-def gain_over_classic(results: Mapping, datalist: str) -> dict:
-    """The paired difference of ``real + classic aug + <set>`` to ``real + classic aug`` (mean Dice, 95 % CI)."""
-    return classic_gain(results["arms"][f"{CLASSIC} + {synthetic_set_name(datalist)}"])
-
-
-def select(plan: Mapping[str, Any], out: str) -> dict[str, str]:
-    """Stage 1: each method's chosen cell by its gain on the selection-validation pairs; writes ``selection.json``."""
-    chosen_path = os.path.join(out, "selection.json")
+def select(plan: Mapping[str, Any], out: str, record: str) -> dict[str, str]:
+    """Stage 1: each method's chosen cell by its gain on the selection-validation pairs; writes ``selection.json``
+    into the record."""
     part = plan.get("selection", {})
     labelled = part.get("labelled", 10)
     data = selection_data(plan["data"], labelled, plan.get("seed", 0), part.get("fraction", 0.2), out)
-    sets = make_sets(plan, data, None, os.path.join(out, "selection"), plan["methods"])
-    results = run_evaluation(
-        plan, part, data, None, list(sets.values()), controls=False, synthetic_only=False, plain_synthetic=False,
-        out=os.path.join(out, "selection", "evaluation"),
-    )  # fmt: skip
-    gains = {label: gain_over_classic(results, path) for label, path in sets.items()}
+    cells = [(method, cell, COMPARISON_ARMS) for method, cells in plan["methods"].items() for cell in cells]
+    results = score_cells(
+        plan, part, data, None, os.path.join(out, "selection"), os.path.join(record, "selection"), cells
+    )
+    gains = {f"{m}/{c['name']}": cell_gain(results[f"{m}/{c['name']}"], m, c["name"]) for m, c, _ in cells}
     chosen = {}
     for method, cells in plan["methods"].items():
         ranked = sorted(cells, key=lambda cell: -gains[f"{method}/{cell['name']}"]["mean"])  # stable: ties keep order
         chosen[method] = ranked[0]["name"]
         logger.info(f"{method}: chose '{chosen[method]}' ({gains[f'{method}/{chosen[method]}']['mean']:+.3f})")
-    write_json(chosen_path, {"chosen": chosen, "gains": gains, "labelled": labelled, "data": data})
+    write_json(os.path.join(record, "selection.json"), {"chosen": chosen, "gains": gains, "labelled": labelled})
     return chosen
 
 
-def score_on_test(plan: Mapping[str, Any], out: str, chosen: Mapping[str, str]) -> None:
-    """Stage 2: every cell at the selection's labelled count, then the chosen cells along the learning curve."""
+def score_on_test(plan: Mapping[str, Any], out: str, record: str, chosen: Mapping[str, str]) -> None:
+    """Stage 2, most telling first: the chosen cells with every arm and control at the selection's labelled count;
+    the chosen cells along the learning curve (against the references); then every other cell of the grid (against
+    the references)."""
     part = plan.get("test", {})
     grid_count = plan.get("selection", {}).get("labelled", 10)
-    counts = part.get("learning_curve", [grid_count])
-    for labelled in [grid_count, *[n for n in counts if n != grid_count]]:
-        cells = (
-            plan["methods"]
-            if labelled == grid_count
-            else {m: [c for c in cells if c["name"] == chosen[m]] for m, cells in plan["methods"].items()}
-        )
-        folder = os.path.join(out, "test", f"n{labelled if labelled else 'all'}")
-        sets = make_sets(plan, plan["data"], labelled, folder, cells)
-        run_evaluation(
-            plan, part, plan["data"], labelled, list(sets.values()), out=os.path.join(folder, "evaluation"),
-            synthetic_only=part.get("synthetic_only", False),
-        )  # fmt: skip
+    chosen_cells = [(m, c) for m, cells in plan["methods"].items() for c in cells if c["name"] == chosen[m]]
+    other_cells = [(m, c) for m, cells in plan["methods"].items() for c in cells if c["name"] != chosen[m]]
+    steps = [(grid_count, [(m, c, chosen_arms(part)) for m, c in chosen_cells])]
+    for labelled in part.get("learning_curve", []):
+        if labelled != grid_count:
+            steps.append((labelled, [(m, c, COMPARISON_ARMS) for m, c in chosen_cells]))
+    steps.append((grid_count, [(m, c, COMPARISON_ARMS) for m, c in other_cells]))
+    for labelled, cells in steps:
+        name = test_folder(labelled)
+        score_cells(plan, part, plan["data"], labelled, os.path.join(out, "test", name),
+                    os.path.join(record, "test", name), cells)  # fmt: skip
 
 
 def study(
@@ -189,30 +246,35 @@ def study(
     out: str | None = None,
     stages: Sequence[str] = STAGES,
     report: str = "docs/efficacy.md",
+    record: str | None = None,
 ) -> str:
     """Run the study ``plan`` (a JSON file) into ``out`` (default ``outputs/study/<plan name>``) and write the report.
 
     Args:
         plan: the plan file, e.g. ``configs/study/usgra.json``.
-        out: the study's folder (generators, synthetic sets, evaluations, ``selection.json``).
+        out: the study's working folder (generators, synthetic sets, evaluation runs).
         stages: any of "selection", "test", "report", run in that order.
         report: the Markdown report to write (its figures go next to it).
+        record: the study's record (every scored cell, ``selection.json``, the contact sheets), small enough to commit:
+            a study resumes from it on another machine; default ``<report folder>/efficacy/<plan name>``.
     """
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
     settings = read_plan(plan)
-    out = out or os.path.join("outputs", "study", os.path.splitext(os.path.basename(plan))[0])
+    name = os.path.splitext(os.path.basename(plan))[0]
+    out = out or os.path.join("outputs", "study", name)
+    record = record or os.path.join(os.path.dirname(report), "efficacy", name)
     os.makedirs(out, exist_ok=True)
-    chosen_path = os.path.join(out, "selection.json")
+    chosen_path = os.path.join(record, "selection.json")
     if "selection" in stages:
-        select(settings, out)
+        select(settings, out, record)
     if "test" in stages:
         if not os.path.isfile(chosen_path):
             raise FileNotFoundError(f"{chosen_path} not found: run the selection stage first")
-        score_on_test(settings, out, read_json(chosen_path)["chosen"])
+        score_on_test(settings, out, record, read_json(chosen_path)["chosen"])
     if "report" in stages:
-        write_report(settings, out, report, plan_path=plan)
+        write_report(settings, record, report, plan_path=plan)
     return out
 
 

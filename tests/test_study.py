@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from common.data import load_splits, phantom_dataset
+from common.evaluation.arms import CLASSIC, REAL
 from common.files import read_json
-from scripts.study import make_sets, read_plan, study
+from scripts.study import COMPARISON_ARMS, cell_settings, chosen_arms, make_set, read_plan, study
 
 TINY_AUGPAINT = {"autoencoder_iterations": 4, "diffusion_iterations": 4, "val_interval": 2}
 CELL_KNOBS = {"num_samples": 1, "num_inference_steps": 2, "progress": False}
@@ -36,16 +37,38 @@ def test_a_cell_can_take_the_masks_another_cell_made(tmp_path, monkeypatch):
         return os.path.join(out, "synthetic", "datalist.json")
 
     monkeypatch.setattr("scripts.study.augment", fake_augment)
-    cells = {
-        "diffuseexpand": [{"name": "no_filter", "knobs": {"filter": False}}, {"name": "tau", "masks_from": "no_filter"}]
-    }
-    made = make_sets({}, "d", 10, str(tmp_path), cells)
+    cells = [{"name": "no_filter", "knobs": {"filter": False}}, {"name": "tau", "masks_from": "no_filter"}]
+    made = make_set({"methods": {"diffuseexpand": cells}}, "d", 10, str(tmp_path), "diffuseexpand", cells[1])
     assert "label_maps" not in calls[0] and calls[1]["label_maps"] == str(
         tmp_path / "diffuseexpand/no_filter/synthetic/masks"
-    )
-    assert set(made) == {"diffuseexpand/no_filter", "diffuseexpand/tau"}
+    )  # the source cell is made (or reused) first
+    assert made == str(tmp_path / "diffuseexpand/tau/synthetic/datalist.json")
     with pytest.raises(ValueError, match="listed first"):
-        make_sets({}, "d", 10, str(tmp_path), {"diffuseexpand": cells["diffuseexpand"][::-1]})
+        make_set({"methods": {"diffuseexpand": cells[::-1]}}, "d", 10, str(tmp_path), "diffuseexpand", cells[1])
+
+
+def test_a_recorded_cell_is_reused_only_while_its_settings_hold(tmp_path):
+    data = phantom_dataset(root=str(tmp_path / "data"), num_images=12)
+    plan = {"data": data, "image_size": 32}
+    part = {"seeds": 2, "iterations": 4}
+    cell = {"name": "quick", "knobs": {"num_samples": 5}}
+    settings = cell_settings(plan, part, data, 6, cell, COMPARISON_ARMS)
+    assert settings == cell_settings(plan, part, data, 6, cell, COMPARISON_ARMS)
+    changed = [
+        cell_settings(plan, part, data, 8, cell, COMPARISON_ARMS),  # other training pairs
+        cell_settings(plan, {**part, "seeds": 3}, data, 6, cell, COMPARISON_ARMS),
+        cell_settings(plan, part, data, 6, {**cell, "knobs": {"num_samples": 20}}, COMPARISON_ARMS),
+        cell_settings(plan, part, data, 6, cell, chosen_arms(part)),
+        cell_settings({**plan, "image_size": 64}, part, data, 6, cell, COMPARISON_ARMS),
+    ]
+    assert all(other != settings for other in changed)
+    other = phantom_dataset(root=str(tmp_path / "other"), num_images=12)  # the same pairs in another folder
+    assert cell_settings(plan, part, other, 6, cell, COMPARISON_ARMS) == settings  # a record moves between machines
+    label = Path(load_splits(other)["train"][0]["label"])
+    label.write_bytes(label.read_bytes() + b"\0")  # the same paths, other contents
+    assert cell_settings(plan, part, other, None, cell, COMPARISON_ARMS) != cell_settings(
+        plan, part, data, None, cell, COMPARISON_ARMS
+    )
 
 
 @pytest.mark.engine
@@ -66,6 +89,7 @@ def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tm
         "methods": {"augpaint": cells},
     }
     plan_path, out, report = tmp_path / "plan.json", tmp_path / "study", tmp_path / "efficacy.md"
+    record = tmp_path / "efficacy" / "plan"  # the default: beside the report
     plan_path.write_text(json.dumps(plan))
     study(str(plan_path), out=str(out), report=str(report))
 
@@ -76,25 +100,30 @@ def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tm
         seen = {os.path.realpath(p) for p in synthetic["config"]["generator_labels"]}
         sources = {os.path.realpath(e["source_label"]) for e in synthetic["training"]}
         assert len(seen) == 4 and not (seen | sources) & held_out  # learnt from the 4 selection-training pairs only
-    selection = read_json(str(out / "selection.json"))
+        selection_results = read_json(str(record / "selection" / "augpaint" / f"{cell}.json"))["results"]
+        assert selection_results["training_pairs"] == 4  # the arms train on the selection-training pairs
+        assert set(selection_results["arms"]) == {REAL, CLASSIC, f"{CLASSIC} + augpaint ({cell})"}
+        assert Path(selection_results["test_data"]).name == "datalist.json"  # and are scored on the held-out two
+    selection = read_json(str(record / "selection.json"))
     gains = {cell: selection["gains"][f"augpaint/{cell}"]["mean"] for cell in ("quick", "shape")}
-    assert selection["chosen"]["augpaint"] == max(gains, key=lambda c: (gains[c], c == "quick"))
-    selection_results = read_json(str(out / "selection" / "evaluation" / "results.json"))
-    assert selection_results["training_pairs"] == 4  # the arms train on the selection-training pairs
-    assert "real + augpaint (quick)" not in selection_results["arms"]  # only what selection compares is trained
-    assert Path(selection_results["test_data"]).name == "datalist.json"  # and are scored on the held-out two
+    chosen = selection["chosen"]["augpaint"]
+    assert chosen == max(gains, key=lambda c: (gains[c], c == "quick"))
+    other = "shape" if chosen == "quick" else "quick"
 
-    grid = read_json(str(out / "test" / "n6" / "evaluation" / "results.json"))
-    assert {"real + classic aug + augpaint (quick)", "real + classic aug + augpaint (shape)"} <= set(grid["arms"])
-    assert grid["training_pairs"] == 6
-    curve = read_json(str(out / "test" / "n4" / "evaluation" / "results.json"))
-    assert f"real + classic aug + augpaint ({selection['chosen']['augpaint']})" in curve["arms"]
+    grid = {cell: read_json(str(record / "test" / "n6" / "augpaint" / f"{cell}.json"))["results"] for cell in gains}
+    assert grid[chosen]["training_pairs"] == 6
+    controls = {f"{REAL} + augpaint ({chosen})", f"{CLASSIC} + augpaint ({chosen}) control: noise background"}
+    assert controls <= set(grid[chosen]["arms"])  # the chosen cell: every arm and its controls
+    assert set(grid[other]["arms"]) == {REAL, CLASSIC, f"{CLASSIC} + augpaint ({other})"}
+    curve = read_json(str(record / "test" / "n4" / "augpaint" / f"{chosen}.json"))["results"]
+    assert curve["training_pairs"] == 4 and f"real + classic aug + augpaint ({chosen})" in curve["arms"]
+    assert not (record / "test" / "n4" / "augpaint" / f"{other}.json").exists()  # the curve is the chosen cell's
     text = report.read_text()
     assert "augpaint (quick)" in text and "augpaint (shape)" in text and "Not run yet" not in text
-    assert "augpaint (quick) control: noise background" in text  # every cell's controls beside it
-    assert "n = 4" in text and "n = 6" in text
+    assert f"augpaint ({chosen}) control: noise background" in text  # the chosen cell's controls beside it
+    assert f"| augpaint ({chosen}) | 4 |" in text and f"| augpaint ({chosen}) | 6 |" in text  # the curve, by count
     assert "Per-class Dice of the chosen cells" in text and "| arm | organ | vessel | nerve | lesion |" in text
-    for figure in ("efficacy_curve.png", "efficacy_budget.png", "efficacy_augpaint_contact_sheet.png"):
+    for figure in ("efficacy_curve.png", "efficacy_budget.png", f"efficacy/plan/test/n6/augpaint/{chosen}.png"):
         assert f"({figure})" in text and (tmp_path / figure).is_file()
 
     models = sorted((out / "test" / "n6" / "augpaint").glob("models_*"))
@@ -104,6 +133,12 @@ def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tm
     study(str(plan_path), out=str(out), report=str(report))  # resumes: nothing is trained again
     assert model.stat().st_mtime == modified
     assert report.read_text().count("## Results") == 1  # the results are replaced, not appended
+
+    moved = tmp_path / "elsewhere"  # another machine: the committed record alone, no working folder
+    study(str(plan_path), out=str(moved), report=str(report))
+    assert not list(moved.rglob("models_*")) and not list(moved.rglob("*.pt"))  # nothing made or trained
+    assert report.read_text() == text
+
     plan["selection"]["fraction"] = 0.5  # another selection split under the same folder would mix two studies
     plan_path.write_text(json.dumps(plan))
     with pytest.raises(ValueError, match="another selection split"):
