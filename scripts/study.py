@@ -198,6 +198,7 @@ def run_evaluation(
         image_size=plan.get("image_size") or 64,
         knobs=plan.get("arm_knobs"),
         allow_outside_paths=True,
+        workers=plan.get("workers", 1),
         **options,
     )
 
@@ -247,6 +248,7 @@ def study(
     stages: Sequence[str] = STAGES,
     report: str = "docs/efficacy.md",
     record: str | None = None,
+    workers: int = 1,
 ) -> str:
     """Run the study ``plan`` (a JSON file) into ``out`` (default ``outputs/study/<plan name>``) and write the report.
 
@@ -257,11 +259,13 @@ def study(
         report: the Markdown report to write (its figures go next to it).
         record: the study's record (every scored cell, ``selection.json``, the contact sheets), small enough to commit:
             a study resumes from it on another machine; default ``<report folder>/efficacy/<plan name>``.
+        workers: training runs of the evaluation at once (``scripts.evaluate --workers``); not part of the plan, the
+            scores do not depend on it.
     """
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
-    settings = read_plan(plan)
+    settings = {**read_plan(plan), "workers": workers}
     name = os.path.splitext(os.path.basename(plan))[0]
     out = out or os.path.join("outputs", "study", name)
     record = record or os.path.join(os.path.dirname(report), "efficacy", name)

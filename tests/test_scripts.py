@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from common.data import load_splits, phantom_dataset
@@ -185,3 +186,24 @@ def test_every_script_answers_help_from_the_command_line(script, tmp_path):
     assert "SYNOPSIS" in shown and not os.listdir(tmp_path)  # help, and nothing written
     if script == "augment":
         assert "one of: augpaint, diffuseexpand, gauda" in shown  # the methods, found from the bundles
+
+
+@pytest.mark.engine
+def test_training_runs_in_parallel_workers_score_as_one_after_another(tmp_path):
+    data = phantom_dataset(root=str(tmp_path / "data"), num_images=20)
+    options = dict(data=data, labelled=4, seeds=2, iterations=4, knobs=TINY_ARMS, synthetic_only=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two workers below
+    try:
+        one_after_another = evaluate(out=str(tmp_path / "serial"), **options)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = evaluate(out=str(tmp_path / "parallel"), workers=2, **options)
+    events = (tmp_path / "parallel" / "runs").glob("*/seed*/logs/events.out.tfevents.*")
+    trained_by = {int(path.name.split(".")[-2]) for path in events}  # TensorBoard names a file after its process
+    assert len(trained_by) == 2 and os.getpid() not in trained_by  # two worker processes trained the four runs
+    for run in (tmp_path / "parallel" / "runs").glob("*/seed*/run.json"):
+        serial = tmp_path / "serial" / run.relative_to(tmp_path / "parallel")
+        assert json.loads(run.read_text())["scores"] == json.loads(serial.read_text())["scores"]
+    assert len(list((tmp_path / "parallel" / "runs").glob("*/seed*/run.json"))) == 4  # 2 arms x 2 seeds
+    assert parallel["arms"] == one_after_another["arms"]

@@ -37,6 +37,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "classic_training_transforms",
     "files_digest",
+    "finished_run",
     "run_arm",
     "score_segmenter",
     "train_segmenter",
@@ -143,6 +144,22 @@ def run_record(
     )
 
 
+def finished_run(
+    arm: Arm, run_dir: str, seed: int, iterations: int, val_interval: int, image_size: int, test: Sequence[dict]
+) -> dict[str, np.ndarray] | None:
+    """The per-image, per-class test scores of a finished run with the same record, or None (logging what changed
+    when the folder holds a run with another record)."""
+    record = run_record(arm, seed, iterations, val_interval, image_size, test)
+    path = os.path.join(run_dir, RECORD)
+    previous = read_json(path)
+    if record_matches(path, record, key="settings"):
+        return {metric: np.asarray(values, dtype=float) for metric, values in previous["scores"].items()}
+    if isinstance(previous, dict) and "settings" in previous:
+        changed = sorted(k for k in record if previous["settings"].get(k) != record[k])
+        logger.info(f"{arm.name} seed {seed}: retraining, the finished run in {run_dir} differs in {changed}")
+    return None
+
+
 def run_arm(
     arm: Arm,
     run_dir: str,
@@ -156,17 +173,13 @@ def run_arm(
 ) -> dict[str, np.ndarray]:
     """Per-image, per-class test scores of one arm and seed: read from a finished run with the same record, or
     trained and scored now."""
-    record = run_record(arm, seed, iterations, val_interval, image_size, test)
-    path = os.path.join(run_dir, RECORD)
-    previous = read_json(path)
-    if record_matches(path, record, key="settings"):
-        return {metric: np.asarray(values, dtype=float) for metric, values in previous["scores"].items()}
-    if isinstance(previous, dict) and "settings" in previous:
-        changed = sorted(k for k in record if previous["settings"].get(k) != record[k])
-        logger.info(f"{arm.name} seed {seed}: retraining, the finished run in {run_dir} differs in {changed}")
+    scores = finished_run(arm, run_dir, seed, iterations, val_interval, image_size, test)
+    if scores is not None:
+        return scores
     start = time.perf_counter()
     network = train_segmenter(arm, run_dir, seed, iterations, val_interval, dataset_dir, image_size)
     scores = score_segmenter(network, test, num_classes, image_size)
+    record = run_record(arm, seed, iterations, val_interval, image_size, test)
     write_json(
         os.path.join(run_dir, RECORD), {"settings": record, "scores": {k: v.tolist() for k, v in scores.items()}}
     )
