@@ -16,11 +16,15 @@ reused too (``scripts.augment`` and ``scripts.evaluate`` reuse what matches). Th
    seeds): first each method's chosen cell with every arm and its controls; then the chosen cells at every count of
    the learning curve (``test.learning_curve``); then every other cell of the grid (``real + classic aug + <cell>``).
 3. ``report``: ``docs/efficacy.md`` (or ``--report``) from the record.
+4. ``profiles``: each method's chosen cell as its ``standard`` profile (``bundles/<method>/configs/standard.json``
+   and ``standard_inference.json``, used by ``scripts.augment <method> --profile standard``). Not run by default: it
+   changes the bundles.
 
 ::
 
-    python -m scripts.study configs/study/usgra.json                     # all three stages
-    python -m scripts.study configs/study/usgra.json --stages "['selection']"
+    python -m scripts.study configs/study/usgra.json                     # selection, test, report
+    python -m scripts.study configs/study/usgra.json --stages "['selection']" --workers 2
+    python -m scripts.study configs/study/usgra.json --stages "['profiles']"  # the standard profiles
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from common.bundles import method_bundle
 from common.data import load_splits
 from common.data.pairs import class_declaration
 from common.evaluation import evaluate
@@ -44,7 +49,7 @@ from scripts.study_report import cell_gain, test_folder, write_report
 
 logger = logging.getLogger("scripts.study")
 
-STAGES = ("selection", "test", "report")
+STAGES = ("selection", "test", "report", "profiles")
 # the arms for every other cell: real + classic aug + <cell> beside the references, the comparison that matters
 COMPARISON_ARMS = {"controls": False, "synthetic_only": False, "plain_synthetic": False}
 DECLARATION_KEYS = ("lateral_pairs", "flips")  # orientation keys a derived datalist keeps
@@ -242,10 +247,41 @@ def score_on_test(plan: Mapping[str, Any], out: str, record: str, chosen: Mappin
                     os.path.join(record, "test", name), cells)  # fmt: skip
 
 
+def write_profiles(plan: Mapping[str, Any], record: str, roots: Mapping[str, str] | None = None) -> list[str]:
+    """Each method's chosen cell as its ``standard`` profile, layered like ``paper``: ``configs/standard.json`` holds
+    the cell's training knobs over the quick defaults, ``configs/standard_inference.json`` its generation knobs (no file
+    when it has none). ``roots``: the bundle folder per method (default the repository's). Returns the files written."""
+    selection = read_json(os.path.join(record, "selection.json"))
+    if selection is None:
+        raise FileNotFoundError(f"{record}/selection.json not found: run the selection stage first")
+    written = []
+    for method, name in selection["chosen"].items():
+        cell = next(c for c in plan["methods"][method] if c["name"] == name)
+        gain = selection["gains"][f"{method}/{name}"]
+        note = (
+            f"The standard CPU profile, chosen by the efficacy study (docs/efficacy.md): the cell '{name}' of "
+            f"{plan.get('data')}, validation gain over real + classic aug {gain['mean']:+.3f} "
+            f"[{gain['low']:+.3f}, {gain['high']:+.3f}]. The quick defaults with these settings."
+        )
+        configs = os.path.join(roots[method] if roots else str(method_bundle(method).root), "configs")
+        for path, knobs in (
+            ("standard.json", cell.get("train_knobs", {})),
+            ("standard_inference.json", cell.get("knobs", {})),
+        ):
+            path = os.path.join(configs, path)
+            if path.endswith("_inference.json") and not knobs:
+                if os.path.isfile(path):
+                    os.remove(path)
+                continue
+            write_json(path, {"profile_sources": {"note": note}, **knobs}, indent=4)
+            written.append(path)
+    return written
+
+
 def study(
     plan: str,
     out: str | None = None,
-    stages: Sequence[str] = STAGES,
+    stages: Sequence[str] = STAGES[:3],
     report: str = "docs/efficacy.md",
     record: str | None = None,
     workers: int = 1,
@@ -255,7 +291,7 @@ def study(
     Args:
         plan: the plan file, e.g. ``configs/study/usgra.json``.
         out: the study's working folder (generators, synthetic sets, evaluation runs).
-        stages: any of "selection", "test", "report", run in that order.
+        stages: any of "selection", "test", "report", "profiles", run in that order.
         report: the Markdown report to write (its figures go next to it).
         record: the study's record (every scored cell, ``selection.json``, the contact sheets), small enough to commit:
             a study resumes from it on another machine; default ``<report folder>/efficacy/<plan name>``.
@@ -279,6 +315,9 @@ def study(
         score_on_test(settings, out, record, read_json(chosen_path)["chosen"])
     if "report" in stages:
         write_report(settings, record, report, plan_path=plan)
+    if "profiles" in stages:
+        for path in write_profiles(settings, record):
+            logger.info(f"wrote {path}")
     return out
 
 

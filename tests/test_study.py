@@ -12,8 +12,9 @@ import pytest
 
 from common.data import load_splits, phantom_dataset
 from common.evaluation.arms import CLASSIC, REAL
-from common.files import read_json
-from scripts.study import COMPARISON_ARMS, cell_settings, chosen_arms, make_set, read_plan, study
+from common.files import read_json, write_json
+from common.stages import profile_files
+from scripts.study import COMPARISON_ARMS, cell_settings, chosen_arms, make_set, read_plan, study, write_profiles
 
 TINY_AUGPAINT = {"autoencoder_iterations": 4, "diffusion_iterations": 4, "val_interval": 2}
 CELL_KNOBS = {"num_samples": 1, "num_inference_steps": 2, "progress": False}
@@ -143,3 +144,32 @@ def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tm
     plan_path.write_text(json.dumps(plan))
     with pytest.raises(ValueError, match="another selection split"):
         study(str(plan_path), out=str(out), report=str(report))
+
+
+def test_the_chosen_cells_become_standard_profiles_layered_like_paper(tmp_path):
+    plan = {
+        "data": "usgra",
+        "methods": {
+            "augpaint": [{"name": "quick"}, {"name": "x2", "train_knobs": {"diffusion_iterations": 2000}}],
+            "gauda": [{"name": "quick"}, {"name": "w1", "knobs": {"guidance": 1.0}}],
+        },
+    }
+    record = tmp_path / "record"
+    gain = {"mean": 0.01, "low": -0.02, "high": 0.04}
+    selection = {"chosen": {"augpaint": "x2", "gauda": "w1"}, "gains": {"augpaint/x2": gain, "gauda/w1": gain}}
+    write_json(str(record / "selection.json"), selection)
+    roots = {method: str(tmp_path / method) for method in plan["methods"]}
+    stale = tmp_path / "augpaint" / "configs" / "standard_inference.json"
+    write_json(str(stale), {"num_samples": 50})  # an earlier choice's generation knobs
+    written = write_profiles(plan, str(record), roots)
+    assert sorted(os.path.relpath(p, tmp_path) for p in written) == [
+        "augpaint/configs/standard.json",
+        "gauda/configs/standard.json",
+        "gauda/configs/standard_inference.json",
+    ]
+    assert read_json(written[0])["diffusion_iterations"] == 2000 and not stale.exists()
+    assert read_json(str(tmp_path / "gauda/configs/standard_inference.json"))["guidance"] == 1.0
+    assert "'w1'" in read_json(str(tmp_path / "gauda/configs/standard.json"))["profile_sources"]["note"]
+    assert profile_files(roots["gauda"], "standard", part="inference") == [
+        str(tmp_path / "gauda/configs/standard_inference.json")
+    ]  # scripts.augment --profile standard layers them
