@@ -41,12 +41,17 @@ def default_output_dir(method: str, data: str | None, labelled: int | None, seed
     return os.path.join("outputs", method, f"{data_name}_n{labelled if labelled else 'all'}_s{seed}")
 
 
-def _train_settings(train_config: str) -> tuple[int, bool]:
-    """The bundle's image size and whether its ``train.json`` trains a filter segmenter (its ``inference.json`` then
-    filters with it)."""
+# generation knobs that also choose what ``train.json`` trains (AugPaint's conditional variant samples from its own
+# diffusion model), passed to both runs when the bundle's train.json declares them
+TRAINING_SWITCHES = ("conditional",)
+
+
+def _train_settings(train_config: str) -> tuple[int, bool, set[str]]:
+    """The bundle's image size, whether its ``train.json`` trains a filter segmenter (its ``inference.json`` then
+    filters with it) and which of :data:`TRAINING_SWITCHES` it declares."""
     parser = ConfigParser()
     parser.read_config(train_config)
-    return int(parser["image_size"]), "filter_segmenter" in parser
+    return int(parser["image_size"]), "filter_segmenter" in parser, {k for k in TRAINING_SWITCHES if k in parser}
 
 
 def augment(
@@ -82,13 +87,14 @@ def augment(
             ``--train_knobs "{'diffusion_iterations': 500}"``); a stage trained with other knobs is retrained.
         segmenter_knobs: config ids of the filter segmenter (``bundles/segmentation`` ids, e.g. ``max_iterations``).
         allow_outside_paths: accept a datalist whose paths leave its folder.
-        knobs: config ids of the generation run, e.g. ``--num_samples 3 --keep_fraction 0.5 --eta 0``.
+        knobs: config ids of the generation run, e.g. ``--num_samples 3 --keep_fraction 0.5 --eta 0``; a switch that
+            also chooses the trained models (AugPaint's ``--conditional True``) goes to the training run too.
     """
     bundle = method_bundle(method)
     out = out or default_output_dir(method, data, labelled, seed)
     models = models or os.path.join(out, "models")
     inference = bundle.config("inference")
-    bundle_image_size, has_filter = _train_settings(bundle.config("train"))
+    bundle_image_size, has_filter, switches = _train_settings(bundle.config("train"))
     image_size = image_size or bundle_image_size
     needs_segmenter = has_filter and knobs.get("filter", True) and "segmenter_ckpt" not in knobs
     # every problem of the data and of the settings before the first stage trains
@@ -113,6 +119,7 @@ def augment(
         retrain=retrain,
         knobs=dict(train_knobs or {}),
         **(filter_knobs if has_filter else {}),
+        **{switch: knobs[switch] for switch in switches if switch in knobs},
     )
     trained = time.perf_counter()
     synthetic_dir = os.path.join(out, "synthetic")

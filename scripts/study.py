@@ -166,8 +166,9 @@ def score_cells(
     """The evaluation of every ``(method, cell, arms)`` on its own beside the references, by cell label
     (``method/cell``). A cell recorded in ``record`` with the same settings is read back (nothing is made or trained:
     the record carries a study to another machine); any other cell's set is made, scored and recorded at once, so an
-    interrupted study loses at most one cell. ``arms`` are the evaluation's options (controls, plain_synthetic, ...);
-    the references train once per folder and are reused by every cell."""
+    interrupted study loses at most one cell. ``arms`` are the evaluation's options (controls, plain_synthetic, ...),
+    updated by the cell's own ``arms`` (e.g. ``synthetic_share``); the references train once per folder and are reused
+    by every cell."""
     scored = {}
     for method, cell, arms in cells:
         label = f"{method}/{cell['name']}"
@@ -178,8 +179,9 @@ def score_cells(
             logger.info(f"{label}: recorded in {path}")
             continue
         synthetic = make_set(plan, data, labelled, folder, method, cell)
+        options = {**arms, **cell.get("arms", {})}  # a cell may set its own, e.g. synthetic_share
         results = run_evaluation(
-            plan, part, data, labelled, [synthetic], out=os.path.join(folder, "evaluation"), **arms
+            plan, part, data, labelled, [synthetic], out=os.path.join(folder, "evaluation"), **options
         )
         write_json(path, {"settings": settings, "results": results})
         sheet = os.path.join(os.path.dirname(synthetic), "contact_sheet.png")

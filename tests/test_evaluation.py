@@ -16,7 +16,15 @@ from PIL import Image
 from common.bundles import find_methods, method_bundle
 from common.data import load_splits, pair_transforms, phantom_dataset
 from common.evaluation import LeakageError, check_provenance, load_synthetic_pairs
-from common.evaluation.arms import CLASSIC, REAL, scheme_arms, standard_arms, synthetic_arms, synthetic_set_name
+from common.evaluation.arms import (
+    CLASSIC,
+    REAL,
+    real_repeats,
+    scheme_arms,
+    standard_arms,
+    synthetic_arms,
+    synthetic_set_name,
+)
 from common.evaluation.controls import extra_real_copies, make_control_set, paste_on_background
 from common.evaluation.protocol import check_set_names, parse_schemes
 from common.evaluation.quality import (
@@ -283,6 +291,22 @@ def test_arms_of_a_synthetic_set_add_it_with_and_without_classic_aug_and_its_con
     real_images = {p["image"] for p in train}
     assert len(control.train) == 4 + 3 and all(p["image"] in real_images for p in control.train)
     assert gauda[-1].name == "synthetic only: gauda (run)" and len(gauda[-1].train) == 3
+
+
+def test_a_synthetic_share_repeats_the_real_pairs_in_every_arm_and_control(tmp_path):
+    assert [real_repeats(10, n, 0.5) for n in (500, 20, 5)] == [50, 2, 1]  # at least once
+    assert real_repeats(10, 500, 0.25) == 150 and real_repeats(10, 500, None) == 1
+    with pytest.raises(ValueError, match="synthetic_share"):
+        real_repeats(10, 500, 1.0)
+    dataset = phantom_dataset(root=str(tmp_path / "data"), num_images=12)
+    train = load_splits(dataset, seed=0, num_labelled=4)["train"]
+    synthetic = _synthetic_set(tmp_path, train * 3)  # 12 pairs beside 4 real: 3 real copies make a half
+    arms = synthetic_arms(synthetic, method_bundle("augpaint"), train, str(tmp_path), 64, 0, synthetic_share=0.5)
+    real_images = {p["image"] for p in train}
+    for arm in arms:
+        real_entries = [p for p in arm.train if p["image"] in real_images]
+        assert len(real_entries) == 12 and len(arm.train) == 24, arm.name  # controls alike
+        assert all(real_entries.count(p) == 3 for p in real_entries)
 
 
 def test_sets_side_by_side_keep_their_own_names_and_sets_with_one_name_are_refused(tmp_path):

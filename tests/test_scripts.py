@@ -16,6 +16,7 @@ from PIL import Image
 
 from common.data import load_splits, phantom_dataset
 from common.evaluation import LeakageError
+from common.files import write_json
 from scripts.augment import augment
 from scripts.cli import run_command_line
 from scripts.evaluate import evaluate
@@ -207,3 +208,22 @@ def test_training_runs_in_parallel_workers_score_as_one_after_another(tmp_path):
         assert json.loads(run.read_text())["scores"] == json.loads(serial.read_text())["scores"]
     assert len(list((tmp_path / "parallel" / "runs").glob("*/seed*/run.json"))) == 4  # 2 arms x 2 seeds
     assert parallel["arms"] == one_after_another["arms"]
+
+
+def test_a_generation_switch_that_chooses_the_models_reaches_the_training_run_too(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_workflow(config_file, workflow_type="train", **overrides):
+        calls.append((workflow_type, overrides))
+        if workflow_type == "infer":
+            write_json(os.path.join(overrides["output_dir"], "datalist.json"), {"training": []})
+
+    monkeypatch.setattr("scripts.augment.run_workflow", fake_workflow)
+    data = phantom_dataset(root=str(tmp_path / "data"), num_images=12)
+    augment("augpaint", data=data, out=str(tmp_path / "conditional"), conditional=True, num_samples=2)
+    (_, train), (_, infer) = calls
+    assert train["conditional"] is True and infer["conditional"] is True  # trains the model it samples from
+    assert "num_samples" not in train and infer["num_samples"] == 2  # other knobs stay with the generation
+    calls.clear()
+    augment("gauda", data=data, out=str(tmp_path / "gauda"), num_samples=2)
+    assert "conditional" not in calls[0][1]  # nothing is passed to a bundle that has no such switch

@@ -79,6 +79,16 @@ def standard_arms(train: Sequence[dict]) -> list[Arm]:
     return [Arm(REAL, _image_label(train)), Arm(CLASSIC, _image_label(train), classic=True)]
 
 
+def real_repeats(num_real: int, num_synthetic: int, synthetic_share: float | None) -> int:
+    """How often the real pairs are listed beside ``num_synthetic`` pairs so that these make up about
+    ``synthetic_share`` of the list (at least once; once when the share is None)."""
+    if synthetic_share is None:
+        return 1
+    if not 0.0 < synthetic_share < 1.0:
+        raise ValueError(f"synthetic_share must be in (0, 1), got {synthetic_share}")
+    return max(1, round(num_synthetic * (1.0 - synthetic_share) / (synthetic_share * num_real)))
+
+
 def synthetic_arms(
     datalist_path: str,
     method: Bundle | None,
@@ -89,12 +99,15 @@ def synthetic_arms(
     controls: bool = True,
     synthetic_only: bool = False,
     plain_synthetic: bool = True,
+    synthetic_share: float | None = None,
 ) -> list[Arm]:
     """The arms of one synthetic set: with classic augmentation (the setting that matters) and, with
-    ``plain_synthetic``, without; the method's controls (with classic augmentation) and, when asked, the set alone."""
+    ``plain_synthetic``, without; the method's controls (with classic augmentation) and, when asked, the set alone.
+    ``synthetic_share``: repeat the real pairs so that the set makes up about this share of the training list (and
+    of the batches drawn from it); None concatenates them once (a few real pairs beside many synthetic ones)."""
     name = synthetic_set_name(datalist_path)
     pairs = _image_label(load_synthetic_pairs(datalist_path))
-    real = _image_label(train)
+    real = _image_label(train) * real_repeats(len(train), len(pairs), synthetic_share)
     arms = [Arm(f"real + {name}", real + pairs)] if plain_synthetic else []
     arms.append(Arm(f"{CLASSIC} + {name}", real + pairs, classic=True))
     for control in method.evaluation.get("controls", []) if method is not None and controls else []:

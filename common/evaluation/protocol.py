@@ -154,6 +154,7 @@ def evaluate(
     controls: bool = True,
     synthetic_only: bool = True,
     plain_synthetic: bool = True,
+    synthetic_share: float | None = None,
     knobs: Mapping[str, Any] | None = None,
     scheme_knobs: Mapping[str, Any] | None = None,
     sweep: Mapping[str, Sequence[Any]] | None = None,
@@ -185,6 +186,8 @@ def evaluate(
         synthetic_only: add an arm per synthetic set trained on its pairs alone (the Synthetic-Only score).
         plain_synthetic: add ``real + <set>`` (without classic augmentation) beside ``real + classic aug + <set>``;
             False trains the latter alone, the comparison that matters, at half the cost.
+        synthetic_share: the share of each synthetic set in its arms' training lists (the real pairs are repeated
+            to reach it; controls alike); default None: real and synthetic pairs listed once each.
         knobs: config ids for every arm's segmenter, e.g. ``"{'channels': [8, 16, 32, 64], 'batch_size': 16}"``.
         scheme_knobs: config ids for every scheme arm, e.g. ``"{'bayesian_model': 'mc_dropout'}"``.
         sweep: ``{knob: [values]}``: synthesise ``sweep_samples`` pairs per job set for each value from the
@@ -211,6 +214,7 @@ def evaluate(
         "controls": controls,
         "synthetic_only": synthetic_only,
         "plain_synthetic": plain_synthetic,
+        "synthetic_share": synthetic_share,
         "knobs": knobs,
         "scheme_knobs": scheme_knobs,
     }
@@ -225,6 +229,7 @@ def evaluate(
         "validation_pairs": len(sets.validation),
         "iterations": iterations,
         "seeds": seeds,
+        "synthetic_share": synthetic_share,
         "class_names": sets.class_names,
         "arms": summarise(per_seed, sets.class_names, {arm.name: arm.references for arm in arms}),
     }
@@ -381,6 +386,7 @@ def build_arms(
     controls: bool = True,
     synthetic_only: bool = True,
     plain_synthetic: bool = True,
+    synthetic_share: float | None = None,
     knobs: Mapping[str, Any] | None = None,
     scheme_knobs: Mapping[str, Any] | None = None,
 ) -> list[Arm]:
@@ -392,8 +398,9 @@ def build_arms(
     for datalist in datalists:
         method = methods.get(synthetic_method(datalist))
         arms += synthetic_arms(
-            datalist, method, sets.labelled, out, image_size, seed, controls, synthetic_only, plain_synthetic
-        )
+            datalist, method, sets.labelled, out, image_size, seed, controls, synthetic_only, plain_synthetic,
+            synthetic_share,
+        )  # fmt: skip
     for arm in arms:
         arm.overrides = dict(knobs or {})
     for method, names in schemes.items():
