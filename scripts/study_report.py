@@ -15,14 +15,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.evaluation.arms import CLASSIC, REAL
 from common.evaluation.report import format_difference
 from common.files import atomic_files, read_json
 from common.metrics import SeedSummary, markdown_table
 
-__all__ = ["cell_gain", "test_folder", "write_report"]
+__all__ = ["budget_trend", "cell_gain", "test_folder", "write_report"]
 
 BEGIN, END = "<!-- study results: begin -->", "<!-- study results: end -->"
+GOAL = 0.05  # issue 14: real + classic + synthetic beats real + classic by this much mean foreground Dice
 
 
 def test_folder(labelled: int | None) -> str:
@@ -221,6 +224,49 @@ def _budget_series(plan: Mapping, grid: Mapping[str, Mapping | None]) -> dict[st
     return series
 
 
+def budget_trend(points: Sequence[tuple[float, float]], target: float = GOAL) -> dict[str, float | None] | None:
+    """The least-squares line of the gain against log2 of the budget: the gain at budget 1, its change per doubling,
+    and the budget at which the line reaches ``target`` (an extrapolation; None when the line does not rise). None
+    for fewer than two budgets."""
+    if len({budget for budget, _ in points}) < 2:
+        return None
+    per_doubling, at_one = np.polyfit(np.log2([budget for budget, _ in points]), [gain for _, gain in points], 1)
+    reaches = float(2.0 ** ((target - at_one) / per_doubling)) if per_doubling > 0 else None
+    return {"at_one": float(at_one), "per_doubling": float(per_doubling), "reaches_target": reaches}
+
+
+def _budget_section(series: Mapping[str, Sequence[tuple[float, Mapping]]]) -> str:
+    """Per method, the gain at each budget and the fitted trend, with the extrapolated budget of the goal."""
+    rows = []
+    for method, points in series.items():
+        trend = budget_trend([(budget, gain["mean"]) for budget, gain in points])
+        if trend is None:
+            reaches = ""
+        elif trend["reaches_target"] is None:
+            reaches = "never (the gain does not rise with the budget)"
+        else:
+            reaches = f"{trend['reaches_target']:.3g} x quick (extrapolated)"
+        rows.append(
+            {
+                "method": method,
+                **{f"x{budget:g}": format_difference(gain) for budget, gain in sorted(points, key=lambda p: p[0])},
+                "change per doubling": f"{trend['per_doubling']:+.3f}" if trend else "",
+                f"budget for +{GOAL:.2f}": reaches,
+            }
+        )
+    if not rows:
+        return ""
+    budgets = sorted({f"x{budget:g}" for points in series.values() for budget, _ in points}, key=lambda b: float(b[1:]))
+    text = "\n### Gain against the generator budget (test split)\n\n" + markdown_table(
+        rows, ["method", *budgets, "change per doubling", f"budget for +{GOAL:.2f}"]
+    )
+    return text + (
+        "\nThe trend is a least-squares line of the mean gain against log2 of the budget (training iterations relative "
+        "to the quick profile); the budget where it reaches the goal is an extrapolation from few points, not a "
+        "measurement.\n"
+    )
+
+
 def write_report(plan: Mapping, record: str, report: str, plan_path: str) -> str:
     """Write the study's results from its ``record`` between the report's result markers (the plan text around them
     is kept; a new report gets a heading). Returns ``report``."""
@@ -236,8 +282,9 @@ def write_report(plan: Mapping, record: str, report: str, plan_path: str) -> str
     text += _selection_section(plan, selection) + _grid_section(plan, grid, grid_count)
     if selection is not None:
         text += _chosen_section(plan, grid, selection["chosen"], record, folder)
-    budget = _write_gain_figure(_budget_series(plan, grid), os.path.join(folder, "efficacy_budget.png"), "budget")
-    if budget:
+    series = _budget_series(plan, grid)
+    text += _budget_section(series)
+    if _write_gain_figure(series, os.path.join(folder, "efficacy_budget.png"), "budget (x quick)"):
         text += "\n![gain over classic augmentation against the generator budget](efficacy_budget.png)\n"
     text += "\n### Learning curve (the chosen cells)\n\n"
     text += _curve_section(plan, record, selection["chosen"], folder) if selection else "Not run yet.\n"

@@ -15,6 +15,7 @@ from common.evaluation.arms import CLASSIC, REAL
 from common.files import read_json, write_json
 from common.stages import profile_files
 from scripts.study import COMPARISON_ARMS, cell_settings, chosen_arms, make_set, read_plan, study, write_profiles
+from scripts.study_report import budget_trend
 
 TINY_AUGPAINT = {"autoencoder_iterations": 4, "diffusion_iterations": 4, "val_interval": 2}
 CELL_KNOBS = {"num_samples": 1, "num_inference_steps": 2, "progress": False}
@@ -173,3 +174,11 @@ def test_the_chosen_cells_become_standard_profiles_layered_like_paper(tmp_path):
     assert profile_files(roots["gauda"], "standard", part="inference") == [
         str(tmp_path / "gauda/configs/standard_inference.json")
     ]  # scripts.augment --profile standard layers them
+
+
+def test_the_budget_trend_is_a_line_in_log_budget_and_its_crossing_an_extrapolation():
+    trend = budget_trend([(1, -0.02), (2, 0.0), (4, 0.02)])  # +0.02 per doubling from -0.02 at budget 1
+    assert trend["at_one"] == pytest.approx(-0.02) and trend["per_doubling"] == pytest.approx(0.02)
+    assert trend["reaches_target"] == pytest.approx(2.0**3.5)  # -0.02 + 0.02 * 3.5 = +0.05
+    assert budget_trend([(1, 0.01), (2, 0.0), (4, -0.01)])["reaches_target"] is None  # falls: never
+    assert budget_trend([(1, 0.01)]) is None and budget_trend([(2, 0.01), (2, 0.03)]) is None
