@@ -196,8 +196,9 @@ def evaluate(
         generator_knobs: config ids for the sweep's generation runs.
         test_data: score on this data set's test split instead (cross-domain); it must have the same classes.
         allow_outside_paths: accept datalists whose paths leave their folder.
-        workers: training runs at once, each in its own process with its share of the CPU threads (on a 2-core CPU
-            two 1-thread runs finish in about the time of one 2-thread run); the scores do not depend on it.
+        workers: training runs at once, each in its own process with its share of the CPU threads; the scores do not
+            depend on it (small networks use two threads poorly: on a 2-core CPU two 1-thread runs of 2000 iterations
+            train at 12.6 and 8.2 it/s together, one 2-thread run at 16-20 it/s).
         out: folder for results, controls, sweep sets and runs; default
             ``outputs/evaluate/<data set>_n<labelled>_s<seed>``.
     """
