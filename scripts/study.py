@@ -162,13 +162,14 @@ def score_cells(
     folder: str,
     record: str,
     cells: Sequence[tuple[str, Mapping, Mapping]],
+    sheets: bool = False,
 ) -> dict[str, dict]:
     """The evaluation of every ``(method, cell, arms)`` on its own beside the references, by cell label
     (``method/cell``). A cell recorded in ``record`` with the same settings is read back (nothing is made or trained:
     the record carries a study to another machine); any other cell's set is made, scored and recorded at once, so an
     interrupted study loses at most one cell. ``arms`` are the evaluation's options (controls, plain_synthetic, ...),
     updated by the cell's own ``arms`` (e.g. ``synthetic_share``); the references train once per folder and are reused
-    by every cell."""
+    by every cell. ``sheets``: keep each set's contact sheet in the record too (``<cell>.png``, ~100 KB)."""
     scored = {}
     for method, cell, arms in cells:
         label = f"{method}/{cell['name']}"
@@ -185,7 +186,7 @@ def score_cells(
         )
         write_json(path, {"settings": settings, "results": results})
         sheet = os.path.join(os.path.dirname(synthetic), "contact_sheet.png")
-        if os.path.isfile(sheet):
+        if sheets and os.path.isfile(sheet):
             shutil.copyfile(sheet, os.path.join(record, method, f"{cell['name']}.png"))
         scored[label] = results
     return scored
@@ -238,15 +239,15 @@ def score_on_test(plan: Mapping[str, Any], out: str, record: str, chosen: Mappin
     grid_count = plan.get("selection", {}).get("labelled", 10)
     chosen_cells = [(m, c) for m, cells in plan["methods"].items() for c in cells if c["name"] == chosen[m]]
     other_cells = [(m, c) for m, cells in plan["methods"].items() for c in cells if c["name"] != chosen[m]]
-    steps = [(grid_count, [(m, c, chosen_arms(part)) for m, c in chosen_cells])]
+    steps = [(grid_count, [(m, c, chosen_arms(part)) for m, c in chosen_cells], True)]  # with contact sheets
     for labelled in part.get("learning_curve", []):
         if labelled != grid_count:
-            steps.append((labelled, [(m, c, COMPARISON_ARMS) for m, c in chosen_cells]))
-    steps.append((grid_count, [(m, c, COMPARISON_ARMS) for m, c in other_cells]))
-    for labelled, cells in steps:
+            steps.append((labelled, [(m, c, COMPARISON_ARMS) for m, c in chosen_cells], False))
+    steps.append((grid_count, [(m, c, COMPARISON_ARMS) for m, c in other_cells], False))
+    for labelled, cells, sheets in steps:
         name = test_folder(labelled)
         score_cells(plan, part, plan["data"], labelled, os.path.join(out, "test", name),
-                    os.path.join(record, "test", name), cells)  # fmt: skip
+                    os.path.join(record, "test", name), cells, sheets)  # fmt: skip
 
 
 def write_profiles(plan: Mapping[str, Any], record: str, roots: Mapping[str, str] | None = None) -> list[str]:

@@ -120,6 +120,8 @@ def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tm
     curve = read_json(str(record / "test" / "n4" / "augpaint" / f"{chosen}.json"))["results"]
     assert curve["training_pairs"] == 4 and f"real + classic aug + augpaint ({chosen})" in curve["arms"]
     assert not (record / "test" / "n4" / "augpaint" / f"{other}.json").exists()  # the curve is the chosen cell's
+    sheets = sorted(str(path.relative_to(record)) for path in record.rglob("*.png"))
+    assert sheets == [f"test/n6/augpaint/{chosen}.png"]  # the chosen cell's contact sheet, the rest stays out
     text = report.read_text()
     assert "augpaint (quick)" in text and "augpaint (shape)" in text and "Not run yet" not in text
     assert f"augpaint ({chosen}) control: noise background" in text  # the chosen cell's controls beside it
