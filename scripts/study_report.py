@@ -58,23 +58,32 @@ def _recorded(record: str, *parts: str) -> Mapping | None:
     return entry["results"] if entry else None
 
 
-def _selection_section(plan: Mapping, selection: Mapping | None) -> str:
-    if selection is None:
-        return "\n### Selection\n\nNot run yet.\n"
-    rows = [
-        {
-            "method": method,
-            "cell": cell["name"],
-            "validation gain [95% CI]": format_difference(selection["gains"].get(f"{method}/{cell['name']}")),
-            "chosen": "yes" if selection["chosen"][method] == cell["name"] else "",
-        }
-        for method, cells in plan["methods"].items()
-        for cell in cells
-    ]
-    return (
-        f"\n### Selection ({selection['labelled']} labelled pairs, scored on the selection-validation pairs)\n\n"
-        + markdown_table(rows, ["method", "cell", "validation gain [95% CI]", "chosen"])
-    )
+def _selection_section(plan: Mapping, record: str, selection: Mapping | None) -> str:
+    """Every recorded cell's gain on the selection-validation pairs; the chosen ones once the selection is complete."""
+    rows, missing = [], []
+    for method, cells in plan["methods"].items():
+        for cell in cells:
+            results = _recorded(record, "selection", method, cell["name"])
+            if results is None:
+                missing.append(f"{method} ({cell['name']})")
+                continue
+            quality = results.get("generator_quality", {}).get(f"{method} ({cell['name']})", {})
+            rows.append(
+                {
+                    "method": method,
+                    "cell": cell["name"],
+                    "validation gain [95% CI]": format_difference(cell_gain(results, method, cell["name"])),
+                    "FID": f"{quality['fid']:.1f}" if "fid" in quality else "",
+                    "pairs": quality.get("num_synthetic", ""),
+                    "chosen": "yes" if selection and selection["chosen"][method] == cell["name"] else "",
+                }
+            )
+    labelled = plan.get("selection", {}).get("labelled", 10)
+    text = f"\n### Selection ({labelled} labelled pairs, scored on the selection-validation pairs)\n\n"
+    if not rows:
+        return text + "Not run yet.\n"
+    text += markdown_table(rows, ["method", "cell", "validation gain [95% CI]", "FID", "pairs", "chosen"])
+    return text + (f"\nNot run yet: {', '.join(missing)}.\n" if missing else "")
 
 
 def _cell_rows(results: Mapping, method: str, cell: str) -> list[dict]:
@@ -279,7 +288,7 @@ def write_report(plan: Mapping, record: str, report: str, plan_path: str) -> str
     }
     folder = os.path.dirname(os.path.abspath(report))
     text = f"{BEGIN}\n\n## Results\n\nPlan `{plan_path}`, record `{os.path.relpath(record, folder)}`.\n"
-    text += _selection_section(plan, selection) + _grid_section(plan, grid, grid_count)
+    text += _selection_section(plan, record, selection) + _grid_section(plan, grid, grid_count)
     if selection is not None:
         text += _chosen_section(plan, grid, selection["chosen"], record, folder)
     series = _budget_series(plan, grid)
