@@ -20,9 +20,9 @@ import numpy as np
 from common.evaluation.arms import CLASSIC, REAL
 from common.evaluation.report import format_difference
 from common.files import atomic_files, read_json
-from common.metrics import SeedSummary, markdown_table
+from common.metrics import SeedSummary, markdown_table, paired_difference
 
-__all__ = ["budget_trend", "cell_gain", "test_folder", "write_report"]
+__all__ = ["budget_trend", "cell_gain", "headline_section", "test_folder", "write_report"]
 
 BEGIN, END = "<!-- study results: begin -->", "<!-- study results: end -->"
 GOAL = 0.05  # issue 14: real + classic + synthetic beats real + classic by this much mean foreground Dice
@@ -140,6 +140,49 @@ def _grid_section(plan: Mapping, grid: Mapping[str, Mapping | None], labelled: A
         "its first cell); a cell's gain is paired with its own references.\n"
     )
     return text + (f"\nNot run yet: {', '.join(missing)}.\n" if missing else "")
+
+
+def _versus_control(results: Mapping, method: str, cell: str) -> tuple[str, Mapping] | None:
+    """The paired Dice difference of ``real + classic aug + <cell>`` to its strongest control (the control arm with
+    the highest mean Dice), with that control's name; None without controls."""
+    prefix = f"{CLASSIC} + {method} ({cell}) control: "
+    controls = {name: arm for name, arm in results["arms"].items() if name.startswith(prefix)}
+    arm = _cell_arm(results, method, cell)
+    if not controls or arm is None:
+        return None
+    name, control = max(controls.items(), key=lambda item: item[1]["dice"]["class_mean"]["mean"])
+    difference = paired_difference(arm["dice"]["per_seed_class_mean"], control["dice"]["per_seed_class_mean"])
+    return name[len(prefix) :], difference._asdict()
+
+
+def headline_section(grid: Mapping, chosen: Mapping[str, str]) -> str:
+    """The question of issue 14 per method: does its chosen cell beat classic augmentation by the goal, with an
+    interval above zero, and its own strongest control?"""
+    rows = []
+    for method, cell in chosen.items():
+        results = grid.get(f"{method}/{cell}")
+        if not results:
+            continue
+        gain, control = cell_gain(results, method, cell), _versus_control(results, method, cell)
+        met = gain["mean"] >= GOAL and gain["low"] > 0 and control is not None and control[1]["low"] > 0
+        rows.append(
+            {
+                "method (chosen cell)": f"{method} ({cell})",
+                CLASSIC: _dice(results["arms"].get(CLASSIC)),
+                "+ synthetic": _dice(_cell_arm(results, method, cell)),
+                "gain [95% CI]": format_difference(gain),
+                "vs strongest control [95% CI]": f"{format_difference(control[1])} ({control[0]})" if control else "",
+                "goal met": "yes" if met else "no",
+            }
+        )
+    if not rows:
+        return ""
+    columns = ["method (chosen cell)", CLASSIC, "+ synthetic", "gain [95% CI]", "vs strongest control [95% CI]"]
+    return (
+        f"\n### Headline: the chosen cells on the test split\n\nThe goal: real + classic + synthetic beats real + "
+        f"classic by >= {GOAL} mean foreground Dice with a 95 % interval above zero, and beats the method's strongest "
+        f"control (interval above zero).\n\n" + markdown_table(rows, [*columns, "goal met"])
+    )
 
 
 def _chosen_section(plan: Mapping, grid: Mapping, chosen: Mapping[str, str], record: str, folder: str) -> str:
@@ -288,6 +331,7 @@ def write_report(plan: Mapping, record: str, report: str, plan_path: str) -> str
     }
     folder = os.path.dirname(os.path.abspath(report))
     text = f"{BEGIN}\n\n## Results\n\nPlan `{plan_path}`, record `{os.path.relpath(record, folder)}`.\n"
+    text += headline_section(grid, selection["chosen"]) if selection else ""
     text += _selection_section(plan, record, selection) + _grid_section(plan, grid, grid_count)
     if selection is not None:
         text += _chosen_section(plan, grid, selection["chosen"], record, folder)

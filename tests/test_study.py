@@ -15,7 +15,7 @@ from common.evaluation.arms import CLASSIC, REAL
 from common.files import read_json, write_json
 from common.stages import profile_files
 from scripts.study import COMPARISON_ARMS, cell_settings, chosen_arms, make_set, read_plan, study, write_profiles
-from scripts.study_report import budget_trend
+from scripts.study_report import headline_section, budget_trend
 
 TINY_AUGPAINT = {"autoencoder_iterations": 4, "diffusion_iterations": 4, "val_interval": 2}
 CELL_KNOBS = {"num_samples": 1, "num_inference_steps": 2, "progress": False}
@@ -126,6 +126,7 @@ def test_selection_keeps_validation_pairs_out_and_the_report_shows_every_cell(tm
     assert "augpaint (quick)" in text and "augpaint (shape)" in text and "Not run yet" not in text
     assert f"augpaint ({chosen}) control: noise background" in text  # the chosen cell's controls beside it
     assert f"| augpaint ({chosen}) | 4 |" in text and f"| augpaint ({chosen}) | 6 |" in text  # the curve, by count
+    assert "Headline: the chosen cells on the test split" in text and f"| augpaint ({chosen}) |" in text
     assert "Per-class Dice of the chosen cells" in text and "| arm | organ | vessel | nerve | lesion |" in text
     for figure in ("efficacy_curve.png", "efficacy_budget.png", f"efficacy/plan/test/n6/augpaint/{chosen}.png"):
         assert f"({figure})" in text and (tmp_path / figure).is_file()
@@ -184,3 +185,25 @@ def test_the_budget_trend_is_a_line_in_log_budget_and_its_crossing_an_extrapolat
     assert trend["reaches_target"] == pytest.approx(2.0**3.5)  # -0.02 + 0.02 * 3.5 = +0.05
     assert budget_trend([(1, 0.01), (2, 0.0), (4, -0.01)])["reaches_target"] is None  # falls: never
     assert budget_trend([(1, 0.01)]) is None and budget_trend([(2, 0.01), (2, 0.03)]) is None
+
+
+def test_the_headline_compares_the_chosen_cell_with_classic_aug_and_its_strongest_control():
+    def arm(per_seed, gain=None):
+        summary = {"mean": sum(per_seed) / len(per_seed), "std": 0.0, "n": len(per_seed)}
+        return {"dice": {"class_mean": summary, "per_seed_class_mean": per_seed}, "differences": {"classic": gain}}
+
+    gain = {"mean": 0.06, "std": 0.01, "low": 0.05, "high": 0.07, "n": 3, "confidence": 0.95}
+    results = {
+        "arms": {
+            CLASSIC: arm([0.30, 0.32, 0.34]),
+            f"{CLASSIC} + augpaint (x)": arm([0.36, 0.38, 0.40], {"dice": gain}),
+            f"{CLASSIC} + augpaint (x) control: noise background": arm([0.20, 0.20, 0.20]),
+            f"{CLASSIC} + augpaint (x) control: real background": arm([0.35, 0.36, 0.38]),
+        }
+    }
+    text = headline_section({"augpaint/x": results}, {"augpaint": "x"})
+    row = next(line for line in text.splitlines() if line.startswith("| augpaint (x)"))
+    assert "(real background)" in row and "+0.017" in row  # differences 0.01, 0.02, 0.02: the strongest control
+    assert row.endswith("| yes |")
+    results["arms"][f"{CLASSIC} + augpaint (x) control: real background"] = arm([0.37, 0.37, 0.41])
+    assert headline_section({"augpaint/x": results}, {"augpaint": "x"}).splitlines()[-1].endswith("| no |")
