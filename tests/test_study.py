@@ -15,7 +15,7 @@ from common.evaluation.arms import CLASSIC, REAL
 from common.files import read_json, write_json
 from common.stages import profile_files
 from scripts.study import COMPARISON_ARMS, cell_settings, chosen_arms, make_set, read_plan, study, write_profiles
-from scripts.study_report import headline_section, budget_trend
+from scripts.study_report import budget_trend, headline_section
 
 TINY_AUGPAINT = {"autoencoder_iterations": 4, "diffusion_iterations": 4, "val_interval": 2}
 CELL_KNOBS = {"num_samples": 1, "num_inference_steps": 2, "progress": False}
