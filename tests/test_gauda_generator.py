@@ -519,3 +519,13 @@ def test_multi_gpu_configs_train_the_mask_autoencoder_and_the_ldm_with_two_cpu_p
     generator = load_generator(str(INFERENCE), ckpt_dir=str(tmp_path / "models"), device="cpu", num_inference_steps=2)
     images, labels = generator(JobBatch([0, 1], conditions=[[1], [2]]))
     assert images.shape == labels.shape == (2, 1, 64, 64)
+
+
+@pytest.mark.parametrize("num_labelled", [1, 6])
+def test_the_picture_batch_has_a_condition_for_every_seed_however_few_class_sets(tmp_path, num_labelled):
+    dirs = {"ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    parser = parse(AUTOENCODER, DIFFUSION, num_labelled=num_labelled, **dirs)
+    batch, class_sets = parser.get_parsed_content("picture_batch"), parser.get_parsed_content("picture_class_sets")
+    assert len(batch.conditions) == len(batch.seeds) == parser.get_parsed_content("picture_count")
+    assert {tuple(c) for c in batch.conditions} <= {tuple(s) for s in class_sets}  # observed sets only, in turn
+    assert [tuple(c) for c in batch.conditions[: 2 * len(class_sets)]][::2] == [tuple(s) for s in class_sets][:4]
