@@ -45,7 +45,7 @@ from .quality import (
     synthetic_feature_distances,
 )
 from .report import score_summary, summarise, to_markdown, write_class_figure
-from .runs import finished_run, run_arm, score_segmenter
+from .runs import finished_run, score_segmenter, train_run
 
 __all__ = ["EvaluationData", "build_arms", "evaluate", "parse_schemes", "write_results"]
 
@@ -283,10 +283,10 @@ def run_arms(
         logger.info(f"training {len(todo)} runs, {workers} at a time ({threads} thread(s) each)")
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup, initargs=(threads,)) as pool:
-            futures = {key: pool.submit(run_arm, *jobs[key]) for key in todo}
+            futures = {key: pool.submit(train_run, *jobs[key]) for key in todo}
             scores.update({key: future.result() for key, future in futures.items()})
     else:
-        scores.update({key: run_arm(*jobs[key]) for key in todo})
+        scores.update({key: train_run(*jobs[key]) for key in todo})
     return {arm.name: [scores[(arm.name, s)] for s in range(seeds)] for arm in arms}
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "finished_run",
     "run_arm",
     "score_segmenter",
+    "train_run",
     "train_segmenter",
 ]
 
@@ -160,6 +161,30 @@ def finished_run(
     return None
 
 
+def train_run(
+    arm: Arm,
+    run_dir: str,
+    seed: int,
+    iterations: int,
+    val_interval: int,
+    dataset_dir: str,
+    image_size: int,
+    test: Sequence[dict],
+    num_classes: int,
+) -> dict[str, np.ndarray]:
+    """Train one arm with one seed, score it on ``test`` and write its record; returns the per-image, per-class
+    scores."""
+    start = time.perf_counter()
+    network = train_segmenter(arm, run_dir, seed, iterations, val_interval, dataset_dir, image_size)
+    scores = score_segmenter(network, test, num_classes, image_size)
+    record = run_record(arm, seed, iterations, val_interval, image_size, test)
+    write_json(
+        os.path.join(run_dir, RECORD), {"settings": record, "scores": {k: v.tolist() for k, v in scores.items()}}
+    )
+    logger.info(f"{arm.name} seed {seed}: trained and scored in {time.perf_counter() - start:.0f} s")
+    return scores
+
+
 def run_arm(
     arm: Arm,
     run_dir: str,
@@ -176,12 +201,4 @@ def run_arm(
     scores = finished_run(arm, run_dir, seed, iterations, val_interval, image_size, test)
     if scores is not None:
         return scores
-    start = time.perf_counter()
-    network = train_segmenter(arm, run_dir, seed, iterations, val_interval, dataset_dir, image_size)
-    scores = score_segmenter(network, test, num_classes, image_size)
-    record = run_record(arm, seed, iterations, val_interval, image_size, test)
-    write_json(
-        os.path.join(run_dir, RECORD), {"settings": record, "scores": {k: v.tolist() for k, v in scores.items()}}
-    )
-    logger.info(f"{arm.name} seed {seed}: trained and scored in {time.perf_counter() - start:.0f} s")
-    return scores
+    return train_run(arm, run_dir, seed, iterations, val_interval, dataset_dir, image_size, test, num_classes)
